@@ -1,0 +1,1 @@
+"""Benchmarks, run through `skylark bench NAME`."""

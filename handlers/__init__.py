@@ -1,0 +1,1 @@
+"""CloudEvent handlers: rebuild bundles from stream changes, propagate them, receive them, warm up."""

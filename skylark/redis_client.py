@@ -1,0 +1,56 @@
+"""Pooled Redis clients with timeouts and retries, one per URL per process."""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from skylark.settings import validate_redis_url
+
+
+def connect(url: str, *, password: str | None = None, timeout_s: float = 5.0, retries: int = 3) -> redis.Redis:
+    """A client for ``url`` (redis://, rediss:// for TLS, unix://) with its own connection pool.
+
+    Connection errors and timeouts are retried with jittered exponential backoff; the pool is
+    shared by every thread of the process that uses this client.
+    """
+    validate_redis_url(url)
+    kwargs: dict = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "health_check_interval": 30,
+    }
+    if password:
+        kwargs["password"] = password
+    return redis.Redis.from_url(url, **kwargs)
+
+
+class ClientPool:
+    """Process-wide cache of clients by URL (remote reads reuse connections to each node)."""
+
+    def __init__(self, *, password: str | None = None, timeout_s: float = 5.0) -> None:
+        self._password = password
+        self._timeout_s = timeout_s
+        self._clients: dict[str, redis.Redis] = {}
+        self._lock = threading.Lock()
+
+    def get(self, url: str) -> redis.Redis:
+        with self._lock:
+            client = self._clients.get(url)
+            if client is None:
+                client = connect(url, password=self._password, timeout_s=self._timeout_s)
+                self._clients[url] = client
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()

@@ -1,0 +1,113 @@
+"""Settings of a Skylark process, read once from the environment (Knative: env from a ConfigMap).
+
+``Settings.from_env()`` is the only place the core reads ``os.environ``; everything else receives
+a ``Settings`` explicitly, so tests and the local cluster build them by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
+
+from skylark.errors import ConfigError
+from skylark.keys import DEFAULT_CHANGE_STREAM
+from skylark.names import validate_name
+
+POLICIES = ("skylark", "random", "stateless")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={value} must be > 0")
+    return value
+
+
+def validate_redis_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in REDIS_SCHEMES:
+        raise ConfigError(f"Redis URL {url!r} must start with redis://, rediss:// or unix://")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError(f"Redis URL {url!r} has no host")
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Core settings shared by every service. Service-specific settings wrap this object."""
+
+    node: str = field(default_factory=lambda: socket.gethostname().split(".")[0] or "local")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: str | None = None
+    redis_timeout_s: float = 5.0
+    change_stream: str = DEFAULT_CHANGE_STREAM
+    change_stream_maxlen: int = 100_000
+    max_bundle_bytes: int = 64 * 1024 * 1024
+    inline_max_bytes: int = 256 * 1024
+    neighbors_url: str = "http://127.0.0.1:8090"
+    policy: str = "skylark"
+    broker_url: str | None = None
+    port: int = 8080
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        try:
+            validate_name("node name", self.node)
+        except ValueError as exc:
+            raise ConfigError(f"SKYLARK_NODE: {exc}") from None
+        validate_redis_url(self.redis_url)
+        if self.policy not in POLICIES:
+            raise ConfigError(f"SKYLARK_POLICY={self.policy!r} must be one of {', '.join(POLICIES)}")
+        if self.max_bundle_bytes < 1:
+            raise ConfigError("SKYLARK_MAX_BUNDLE_BYTES must be >= 1")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"PORT={self.port} is not a TCP port")
+        if not self.change_stream:
+            raise ConfigError("SKYLARK_CHANGE_STREAM must not be empty")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        node = env.get("SKYLARK_NODE")
+        return cls(
+            **({"node": node} if node else {}),
+            redis_url=env.get("SKYLARK_REDIS_URL") or cls.redis_url,
+            redis_password=env.get("SKYLARK_REDIS_PASSWORD") or None,
+            redis_timeout_s=_float(env, "SKYLARK_REDIS_TIMEOUT", cls.redis_timeout_s),
+            change_stream=env.get("SKYLARK_CHANGE_STREAM") or cls.change_stream,
+            change_stream_maxlen=_int(env, "SKYLARK_CHANGE_STREAM_MAXLEN", cls.change_stream_maxlen, 1),
+            max_bundle_bytes=_int(env, "SKYLARK_MAX_BUNDLE_BYTES", cls.max_bundle_bytes, 1),
+            inline_max_bytes=_int(env, "SKYLARK_INLINE_MAX_BYTES", cls.inline_max_bytes, 0),
+            neighbors_url=env.get("SKYLARK_NEIGHBORS_URL") or cls.neighbors_url,
+            policy=env.get("SKYLARK_POLICY") or cls.policy,
+            broker_url=env.get("K_SINK") or None,
+            port=_int(env, "PORT", cls.port, 1),
+            log_level=(env.get("SKYLARK_LOG_LEVEL") or cls.log_level).upper(),
+        )
+
+    def with_(self, **changes: object) -> "Settings":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
