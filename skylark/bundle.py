@@ -1,0 +1,147 @@
+"""The bundle model (pure: no I/O).
+
+A bundle is all state of one (chain, function): named fields of bytes plus metadata. Its checksum
+is defined so that Redis (in a Lua script, with ``redis.sha1hex``) and Python compute the same
+value without either holding the whole content twice:
+
+    digest(field)  = xxh3_128(value) as 32 hex chars      (fast: ~GB/s, computed by the writer)
+    checksum       = sha1("name\\0digest\\n" for each field, sorted by name)
+
+Merging new fields into a stored bundle then only needs the per-field digests of the others,
+which live in the metadata hash. The checksum detects corruption and truncation in transit; it is
+not a signature (propagation events are signed separately where a key is configured).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import xxhash
+
+from skylark.errors import ChecksumMismatch
+from skylark.names import validate_name
+
+
+def field_digest(value: bytes) -> str:
+    return xxhash.xxh3_128_hexdigest(value)
+
+
+def checksum_of_digests(digests: Mapping[str, str]) -> str:
+    joined = "".join(f"{name}\0{digests[name]}\n" for name in sorted(digests))
+    return hashlib.sha1(joined.encode()).hexdigest()
+
+
+def checksum_of(fields: Mapping[str, bytes]) -> str:
+    return checksum_of_digests({name: field_digest(value) for name, value in fields.items()})
+
+
+def size_of(fields: Mapping[str, bytes]) -> int:
+    """Byte size of a bundle: the bytes of every field name plus value."""
+    return sum(len(name.encode()) + len(value) for name, value in fields.items())
+
+
+def validate_fields(fields: Mapping[str, bytes]) -> dict[str, bytes]:
+    """Check names and value types; returns a plain dict of bytes."""
+    out: dict[str, bytes] = {}
+    for name, value in fields.items():
+        validate_name("field name", name)
+        if isinstance(value, str):
+            value = value.encode()
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"field {name!r} must be bytes or str, not {type(value).__name__}")
+        out[name] = bytes(value)
+    return out
+
+
+class Mechanism(str, enum.Enum):
+    BUNDLED = "bundled"
+    SINGLE = "single"
+
+
+@dataclass(frozen=True)
+class BundleMeta:
+    chain: str
+    function: str
+    version: int
+    node: str
+    updated_ms: int
+    size: int
+    checksum: str
+    field_count: int
+    mechanism: Mechanism = Mechanism.BUNDLED
+
+    def to_dict(self) -> dict:
+        return {
+            "chain": self.chain,
+            "function": self.function,
+            "version": self.version,
+            "node": self.node,
+            "updated_ms": self.updated_ms,
+            "size": self.size,
+            "checksum": self.checksum,
+            "fields": self.field_count,
+            "mechanism": self.mechanism.value,
+        }
+
+
+@dataclass(frozen=True)
+class Bundle:
+    meta: BundleMeta
+    fields: dict[str, bytes] = field(repr=False)
+
+    @property
+    def chain(self) -> str:
+        return self.meta.chain
+
+    @property
+    def function(self) -> str:
+        return self.meta.function
+
+    @property
+    def version(self) -> int:
+        return self.meta.version
+
+    def verify(self) -> None:
+        """Raise :class:`ChecksumMismatch` unless content, size and count match the metadata."""
+        actual = checksum_of(self.fields)
+        if actual != self.meta.checksum:
+            raise ChecksumMismatch(
+                f"bundle {self.chain}/{self.function} v{self.version}: checksum {actual} "
+                f"does not match {self.meta.checksum}"
+            )
+        if size_of(self.fields) != self.meta.size or len(self.fields) != self.meta.field_count:
+            raise ChecksumMismatch(
+                f"bundle {self.chain}/{self.function} v{self.version}: size or field count "
+                "does not match its metadata"
+            )
+
+
+def make_bundle(chain: str, function: str, fields: Mapping[str, bytes], *, version: int,
+                node: str, updated_ms: int) -> Bundle:
+    """Build a bundle whose metadata is computed from ``fields`` (for tests and tools)."""
+    validate_name("chain id", chain)
+    validate_name("function name", function)
+    clean = validate_fields(fields)
+    meta = BundleMeta(chain, function, version, node, updated_ms, size_of(clean), checksum_of(clean), len(clean))
+    return Bundle(meta, clean)
+
+
+class ApplyOutcome(str, enum.Enum):
+    APPLIED = "applied"      # incoming version was newer: it replaced the local copy
+    DUPLICATE = "duplicate"  # same version and checksum already here: no-op
+    STALE = "stale"          # incoming version older than the local one: rejected
+    CONFLICT = "conflict"    # same version, other content (concurrent writers): local kept
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    outcome: ApplyOutcome
+    local_version: int
+    incoming_version: int
+
+    @property
+    def changed(self) -> bool:
+        return self.outcome is ApplyOutcome.APPLIED

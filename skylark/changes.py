@@ -1,0 +1,77 @@
+"""The change-stream entry (pure): what every state write appends, in the same atomic step.
+
+A Knative RedisStreamSource turns each entry into a CloudEvent whose data is the entry's
+field/value pairs as one flat JSON array of strings, so every value here is a plain string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from skylark.names import validate_name
+
+# Order of the fields in each entry (and so in the RedisStreamSource's flat array).
+FIELDS = ("chain", "function", "op", "mechanism", "fields", "version", "node", "size", "checksum", "ts")
+OPS = ("put", "delete")
+MECHANISMS = ("bundled", "single")
+
+
+class InvalidChange(ValueError):
+    """A stream entry that is not a Skylark change (missing or malformed fields)."""
+
+
+@dataclass(frozen=True)
+class ChangeRecord:
+    chain: str
+    function: str
+    op: str
+    mechanism: str
+    fields: tuple[str, ...]
+    version: int
+    node: str
+    size: int
+    checksum: str
+    ts_ms: int
+
+    def to_stream_fields(self) -> dict[str, str]:
+        return {
+            "chain": self.chain,
+            "function": self.function,
+            "op": self.op,
+            "mechanism": self.mechanism,
+            "fields": ",".join(self.fields),
+            "version": str(self.version),
+            "node": self.node,
+            "size": str(self.size),
+            "checksum": self.checksum,
+            "ts": str(self.ts_ms),
+        }
+
+    @classmethod
+    def from_stream_fields(cls, entry: Mapping[str, str]) -> "ChangeRecord":
+        """Parse an entry's fields; :class:`InvalidChange` names what is wrong."""
+        missing = [name for name in FIELDS if name not in entry]
+        if missing:
+            raise InvalidChange(f"change entry lacks field(s): {', '.join(missing)}")
+        try:
+            chain = validate_name("chain id", entry["chain"])
+            function = validate_name("function name", entry["function"])
+            node = validate_name("node name", entry["node"])
+            names = tuple(n for n in entry["fields"].split(",") if n)
+            for name in names:
+                validate_name("field name", name)
+        except ValueError as exc:
+            raise InvalidChange(str(exc)) from None
+        if entry["op"] not in OPS:
+            raise InvalidChange(f"op {entry['op']!r} must be one of {', '.join(OPS)}")
+        if entry["mechanism"] not in MECHANISMS:
+            raise InvalidChange(f"mechanism {entry['mechanism']!r} must be one of {', '.join(MECHANISMS)}")
+        numbers = {}
+        for name in ("version", "size", "ts"):
+            raw = entry[name]
+            if not raw.isdigit():
+                raise InvalidChange(f"{name} {raw!r} is not a non-negative integer")
+            numbers[name] = int(raw)
+        return cls(chain, function, entry["op"], entry["mechanism"], names, numbers["version"], node,
+                   numbers["size"], entry["checksum"], numbers["ts"])

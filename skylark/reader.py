@@ -1,0 +1,94 @@
+"""Read a bundle where it is: locally when it was propagated here, else from another node's Redis.
+
+The successor of a function calls :meth:`BundleReader.read` with the node(s) that may hold the
+state (the origin named in the event first). The result says where it was found and how long
+the read took, which is what the demo and the benchmarks report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from skylark.bundle import Bundle
+from skylark.errors import BundleNotFound, StoreUnavailable
+from skylark.redis_client import ClientPool
+from skylark.store import StateStore
+
+LOCAL = "local"
+REMOTE = "remote"
+
+
+@dataclass(frozen=True)
+class BundleRead:
+    bundle: Bundle
+    location: str  # LOCAL or REMOTE
+    node: str      # the node whose Redis answered
+    elapsed_ms: float
+
+    @property
+    def is_local(self) -> bool:
+        return self.location == LOCAL
+
+
+class RemoteStores:
+    """StateStores for other nodes, built on demand from a node → Redis URL resolver.
+
+    Clients are pooled per URL for the life of the process, so repeated remote reads reuse their
+    connections instead of paying a TCP handshake across a slow link each time.
+    """
+
+    def __init__(self, resolve_url: Callable[[str], str | None], pool: ClientPool | None = None) -> None:
+        self._resolve_url = resolve_url
+        self._pool = pool or ClientPool()
+
+    def store_for(self, node: str) -> StateStore | None:
+        url = self._resolve_url(node)
+        if not url:
+            return None
+        return StateStore(self._pool.get(url), node=node)
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class BundleReader:
+    def __init__(self, local: StateStore, remote: RemoteStores | None = None) -> None:
+        self.local = local
+        self.remote = remote
+
+    def read(self, chain: str, function: str, candidates: Sequence[str] = ()) -> BundleRead:
+        """The bundle from the local Redis, else from the first candidate node that has it.
+
+        Unreachable candidates are skipped (the node may be gone); :class:`BundleNotFound` when
+        no one has it, :class:`StoreUnavailable` when the local Redis and every candidate failed.
+        """
+        start = time.perf_counter()
+        failures: list[str] = []
+        try:
+            bundle = self.local.get_bundle(chain, function)
+            return BundleRead(bundle, LOCAL, self.local.node, (time.perf_counter() - start) * 1000)
+        except BundleNotFound:
+            pass
+        except StoreUnavailable as exc:
+            failures.append(f"{self.local.node}: {exc}")
+        for node in candidates:
+            if node == self.local.node or self.remote is None:
+                continue
+            store = self.remote.store_for(node)
+            if store is None:
+                failures.append(f"{node}: no Redis address known")
+                continue
+            remote_start = time.perf_counter()
+            try:
+                bundle = store.get_bundle(chain, function)
+            except BundleNotFound:
+                continue
+            except StoreUnavailable as exc:
+                failures.append(f"{node}: {exc}")
+                continue
+            return BundleRead(bundle, REMOTE, node, (time.perf_counter() - remote_start) * 1000)
+        if failures and len(failures) == 1 + sum(1 for n in candidates if n != self.local.node):
+            raise StoreUnavailable("; ".join(failures))
+        raise BundleNotFound(chain, function, where="local and " + (", ".join(candidates) or "no other node"))
