@@ -39,13 +39,21 @@ import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from neighbors_service.paths import Path, ShortestPathTree, shortest_path
 from neighbors_service.topology import Topology
 from skylark.errors import SkylarkError
 
 POLICIES = ("skylark", "random", "stateless")
+
+T = TypeVar("T")
+
+
+class Chooser(Protocol):
+    """What the ``random`` policy needs of its generator: ``random.Random(seed)`` fits."""
+
+    def choice(self, seq: list[T]) -> T: ...
 
 
 class InvalidElection(SkylarkError, ValueError):
@@ -184,7 +192,7 @@ def elect(
     size_bytes: int,
     slo: SLO,
     policy: str = "skylark",
-    rng: random.Random | None = None,
+    rng: Chooser | None = None,
 ) -> Election:
     """Choose where the state of size ``size_bytes`` should go; see the module docstring."""
     _check_policy(policy)
@@ -233,7 +241,7 @@ def _elect_skylark(topology: Topology, from_node: str, to_node: str, size_bytes:
 
 
 def _elect_random(topology: Topology, from_node: str, size_bytes: int,
-                  rng: random.Random) -> Election:
+                  rng: Chooser) -> Election:
     adj = topology.adjacency()
     tree = ShortestPathTree(adj, adj.index[from_node])
     candidates = tree.reachable()
@@ -266,7 +274,7 @@ def propagation_plan(
     size_bytes: int,
     slo: SLO,
     policy: str = "skylark",
-    rng: random.Random | None = None,
+    rng: Chooser | None = None,
 ) -> list[Target]:
     """Like :func:`propagation_targets`, with each target's single-hop migration time."""
     _check_policy(policy)
@@ -299,7 +307,7 @@ def propagation_targets(
     size_bytes: int,
     slo: SLO,
     policy: str = "skylark",
-    rng: random.Random | None = None,
+    rng: Chooser | None = None,
 ) -> list[str]:
     """Names of the neighbours of ``node`` a bundle of ``size_bytes`` is pushed to."""
     return [t.node for t in propagation_plan(topology, node, size_bytes, slo, policy, rng)]
