@@ -61,8 +61,9 @@ class BundleReader:
     def read(self, chain: str, function: str, candidates: Sequence[str] = ()) -> BundleRead:
         """The bundle from the local Redis, else from the first candidate node that has it.
 
-        Unreachable candidates are skipped (the node may be gone); :class:`BundleNotFound` when
-        no one has it, :class:`StoreUnavailable` when the local Redis and every candidate failed.
+        Unreachable candidates are skipped (the node may be gone) while others are tried;
+        :class:`BundleNotFound` when every place answered that it has none,
+        :class:`StoreUnavailable` when it was found nowhere and some place did not answer.
         """
         start = time.perf_counter()
         failures: list[str] = []
@@ -89,6 +90,7 @@ class BundleReader:
                 failures.append(f"{node}: {exc}")
                 continue
             return BundleRead(bundle, REMOTE, node, (time.perf_counter() - remote_start) * 1000)
-        if failures and len(failures) == 1 + sum(1 for n in candidates if n != self.local.node):
-            raise StoreUnavailable("; ".join(failures))
+        if failures:
+            # Someone who may hold the state did not answer: "not found" would be a guess.
+            raise StoreUnavailable("bundle not found where reachable; unreachable: " + "; ".join(failures))
         raise BundleNotFound(chain, function, where="local and " + (", ".join(candidates) or "no other node"))

@@ -3,6 +3,18 @@
 -- KEYS[1] data hash, KEYS[2] meta hash, KEYS[3] change stream.
 -- ARGV: node, now_ms, maxlen, chain, function, single_key_prefix, tombstone_ttl_s.
 -- Returns {'ok', version, entry_id} or {'missing', 0}.
+-- Redis does not roll a script back when a command fails half-way, so everything that could
+-- fail is checked before the first write.
+local stream_type = redis.call('TYPE', KEYS[3]).ok
+if stream_type ~= 'none' and stream_type ~= 'stream' then
+  return redis.error_reply('WRONGTYPE change stream key ' .. KEYS[3] .. ' holds a ' .. stream_type)
+end
+for i = 1, 2 do
+  local t = redis.call('TYPE', KEYS[i]).ok
+  if t ~= 'none' and t ~= 'hash' then
+    return redis.error_reply('WRONGTYPE state key ' .. KEYS[i] .. ' holds a ' .. t)
+  end
+end
 local data, meta, stream = KEYS[1], KEYS[2], KEYS[3]
 local node, now, maxlen, chain, fn, prefix, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
 local current = redis.call('HGET', meta, 'version')

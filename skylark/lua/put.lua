@@ -11,6 +11,18 @@
 local function hset_all(key, flat)
   for i = 1, #flat, 1000 do redis.call('HSET', key, unpack(flat, i, math.min(i + 999, #flat))) end
 end
+-- Redis does not roll a script back when a command fails half-way, so everything that could
+-- fail is checked before the first write.
+local stream_type = redis.call('TYPE', KEYS[3]).ok
+if stream_type ~= 'none' and stream_type ~= 'stream' then
+  return redis.error_reply('WRONGTYPE change stream key ' .. KEYS[3] .. ' holds a ' .. stream_type)
+end
+for i = 1, 2 do
+  local t = redis.call('TYPE', KEYS[i]).ok
+  if t ~= 'none' and t ~= 'hash' then
+    return redis.error_reply('WRONGTYPE state key ' .. KEYS[i] .. ' holds a ' .. t)
+  end
+end
 local data, meta, stream = KEYS[1], KEYS[2], KEYS[3]
 local node, now, maxlen = ARGV[1], ARGV[2], ARGV[3]
 local max_bytes, expected, replace = tonumber(ARGV[4]), ARGV[5], ARGV[6] == '1'

@@ -1,0 +1,150 @@
+"""Settings, names, the embedded Redis helper, the remote reader and the CLI, on real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from skylark.bundle import checksum_of, field_digest
+from skylark.changes import ChangeRecord, InvalidChange
+from skylark.embedded import EmbeddedRedis, free_port
+from skylark.errors import BundleNotFound, ConfigError, StoreUnavailable
+from skylark.peers import StaticPeers
+from skylark.reader import BundleReader, RemoteStores
+from skylark.redis_client import connect
+from skylark.settings import Settings
+from skylark.store import StateStore
+
+
+def test_settings_defaults_and_env():
+    s = Settings.from_env({"SKYLARK_NODE": "edge-1", "SKYLARK_REDIS_URL": "rediss://:pw@redis.example:6380/2",
+                           "SKYLARK_MAX_BUNDLE_BYTES": "1000", "PORT": "9000", "SKYLARK_POLICY": "random",
+                           "K_SINK": "http://broker/default/default"})
+    assert (s.node, s.redis_url, s.max_bundle_bytes, s.port, s.policy) == (
+        "edge-1", "rediss://:pw@redis.example:6380/2", 1000, 9000, "random")
+    assert s.broker_url == "http://broker/default/default"
+    d = Settings.from_env({})
+    assert d.change_stream == "skylark:changes" and d.max_bundle_bytes == 64 * 1024 * 1024
+    assert d.inline_max_bytes == 256 * 1024
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"SKYLARK_REDIS_URL": "http://x"}, "redis://"),
+    ({"SKYLARK_REDIS_URL": "redis://"}, "no host"),
+    ({"SKYLARK_POLICY": "nearest"}, "SKYLARK_POLICY"),
+    ({"SKYLARK_MAX_BUNDLE_BYTES": "lots"}, "not an integer"),
+    ({"SKYLARK_MAX_BUNDLE_BYTES": "0"}, ">= 1"),
+    ({"PORT": "70000"}, "PORT"),
+    ({"SKYLARK_NODE": "bad node"}, "SKYLARK_NODE"),
+    ({"SKYLARK_REDIS_TIMEOUT": "-1"}, "> 0"),
+])
+def test_settings_validation(env, needle):
+    with pytest.raises(ConfigError, match=needle):
+        Settings.from_env(env)
+
+
+def test_checksum_matches_between_python_and_lua(redis_client, redis_server):
+    store = StateStore(redis_server.client(), node="n")
+    fields = {"b": b"2" * 10, "a": b"\x00" * 3, "c.d-e_f": b""}
+    assert store.put("c", "f", fields).meta.checksum == checksum_of(fields)
+    assert len(field_digest(b"x")) == 32
+
+
+def test_change_record_parsing_errors():
+    good = {"chain": "c", "function": "f", "op": "put", "mechanism": "bundled", "fields": "a,b",
+            "version": "3", "node": "n", "size": "10", "checksum": "ab", "ts": "1"}
+    assert ChangeRecord.from_stream_fields(good).to_stream_fields() == good
+    for broken, needle in [({"version": "x"}, "version"), ({"op": "merge"}, "op"),
+                           ({"chain": "a b"}, "chain"), ({"mechanism": "other"}, "mechanism")]:
+        with pytest.raises(InvalidChange, match=needle):
+            ChangeRecord.from_stream_fields({**good, **broken})
+    with pytest.raises(InvalidChange, match="lacks"):
+        ChangeRecord.from_stream_fields({"chain": "c"})
+
+
+def test_embedded_redis_starts_and_stops_without_leftovers():
+    server = EmbeddedRedis().start()
+    pid = server.process.pid
+    assert server.client().ping()
+    server.stop()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    with pytest.raises(ConfigError, match="in use"):
+        with EmbeddedRedis() as first:
+            EmbeddedRedis(port=first.port).start()
+
+
+def test_embedded_redis_reports_a_bad_binary(tmp_path):
+    fake = tmp_path / "redis-server"
+    fake.write_text("#!/bin/sh\necho broken >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(ConfigError, match="exited at start-up"):
+        EmbeddedRedis(binary=str(fake)).start()
+
+
+def test_reader_local_then_remote(redis_factory):
+    a, b = redis_factory(), redis_factory()
+    store_a = StateStore(connect(a.url), node="node-a")
+    store_b = StateStore(connect(b.url), node="node-b")
+    peers = StaticPeers.from_mapping({"node-b": {"redis_url": b.url}, "node-x": {"redis_url": f"redis://127.0.0.1:{free_port()}/0"}})
+    reader = BundleReader(store_a, RemoteStores(peers.redis_url))
+    store_b.put("c", "f", {"x": b"remote"})
+    read = reader.read("c", "f", ["node-b"])
+    assert (read.location, read.node, read.bundle.fields) == ("remote", "node-b", {"x": b"remote"})
+    assert read.elapsed_ms > 0
+    store_a.put("c", "f", {"x": b"local"})
+    read = reader.read("c", "f", ["node-b"])
+    assert (read.location, read.node, read.bundle.fields["x"]) == ("local", "node-a", b"local")
+    with pytest.raises(BundleNotFound):
+        reader.read("c", "missing", ["node-b"])
+    # an unreachable node is skipped when another has the state...
+    store_b.put("c", "g", {"y": b"1"})
+    assert reader.read("c", "g", ["node-x", "node-b"]).node == "node-b"
+    # ...but "not found" is not claimed while a candidate did not answer
+    with pytest.raises(StoreUnavailable):
+        reader.read("c", "missing", ["node-x", "node-b"])
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "skylark.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=60)
+
+
+def test_cli_state_put_get_delete(redis_server, redis_client, tmp_path):
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(b"\x00\xff" * 10)
+    put = _cli("state", "put", "--redis", redis_server.url, "--node", "cli-node", "c1", "fn", "a=hello", f"b=@{blob}")
+    assert put.returncode == 0, put.stderr
+    meta = json.loads(put.stdout)
+    assert meta["version"] == 1 and meta["size"] == 1 + 5 + 1 + 20 and meta["node"] == "cli-node"
+    got = _cli("state", "get", "--redis", redis_server.url, "c1", "fn", "--json")
+    assert json.loads(got.stdout)["fields"] == {"a": "hello", "b": "<20 bytes>"}
+    missing = _cli("state", "get", "--redis", redis_server.url, "c1", "nope")
+    assert missing.returncode == 2 and "no state" in missing.stderr
+    gone = _cli("state", "delete", "--redis", redis_server.url, "c1", "fn")
+    assert json.loads(gone.stdout)["tombstone_version"] == 2
+    bad = _cli("state", "put", "--redis", redis_server.url, "bad chain", "fn", "a=1")
+    assert bad.returncode == 2 and "chain id" in bad.stderr
+
+
+def test_cli_version_and_help():
+    assert _cli("--version").stdout.strip() == "skylark 0.1.0"
+    assert "demo" in _cli("--help").stdout
+
+
+def test_cli_redis_detach_and_down():
+    port = free_port()
+    up = _cli("redis", "up", "--detach", "--port", str(port))
+    assert up.returncode == 0, up.stderr
+    assert StateStore(connect(up.stdout.strip()), node="n").ping()
+    down = _cli("redis", "down", "--port", str(port))
+    assert down.returncode == 0
+    deadline = time.time() + 5
+    while time.time() < deadline and StateStore(connect(up.stdout.strip(), timeout_s=0.2, retries=0), node="n").ping():
+        time.sleep(0.05)
+    assert not StateStore(connect(up.stdout.strip(), timeout_s=0.2, retries=0), node="n").ping()

@@ -1,0 +1,323 @@
+"""The state library against a real redis-server: both mechanisms, versions, atomicity, errors."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+
+from skylark import keys
+from skylark.bundle import ApplyOutcome, checksum_of, make_bundle, size_of
+from skylark.changes import ChangeRecord
+from skylark.embedded import free_port
+from skylark.errors import (
+    BundleNotFound,
+    BundleTooLarge,
+    ChecksumMismatch,
+    InvalidName,
+    StoreUnavailable,
+    VersionConflict,
+)
+from skylark.redis_client import connect
+from skylark.store import StateStore
+
+
+@pytest.fixture()
+def store(redis_server, redis_client) -> StateStore:
+    return StateStore(redis_server.client(), node="node-a", max_bundle_bytes=1024 * 1024)
+
+
+def entries(client, stream=keys.DEFAULT_CHANGE_STREAM):
+    return [(eid.decode(), {k.decode(): v.decode() for k, v in f.items()}) for eid, f in client.xrange(stream)]
+
+
+def command_calls(client, name: str) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+def test_bundled_round_trip_with_metadata(store, redis_client):
+    fields = {"image": b"\x00\x01" * 500, "info": b'{"w": 10}'}
+    result = store.put("chain-1", "preprocess", fields)
+    bundle = store.get_bundle("chain-1", "preprocess")
+    assert bundle.fields == fields
+    meta = bundle.meta
+    assert meta.version == 1 == result.meta.version
+    assert meta.node == "node-a"
+    assert meta.size == len("image") + 1000 + len("info") + 9 == size_of(fields)
+    assert meta.checksum == checksum_of(fields) == result.meta.checksum
+    assert meta.field_count == 2
+    bundle.verify()
+
+
+def test_merge_replace_and_sizes(store):
+    store.put("c", "f", {"a": b"1234", "b": b"xy"})
+    second = store.put("c", "f", {"a": b"1"})
+    assert second.meta.version == 2
+    bundle = store.get_bundle("c", "f")
+    assert bundle.fields == {"a": b"1", "b": b"xy"}
+    assert bundle.meta.size == size_of(bundle.fields) == 5
+    assert bundle.meta.checksum == checksum_of(bundle.fields)
+    third = store.put("c", "f", {"z": b""}, replace=True)
+    assert third.meta.version == 3
+    assert store.get_bundle("c", "f").fields == {"z": b""}
+    assert store.get_bundle("c", "f").meta.size == 1
+
+
+def test_single_round_trip_costs_one_get_per_field(store, redis_client):
+    fields = {f"p{i}": bytes([i]) * 100 for i in range(5)}
+    store.put_single("c", "f", fields)
+    before = command_calls(redis_client, "get")
+    assert store.get_single("c", "f", list(fields)) == fields
+    assert command_calls(redis_client, "get") - before == 5
+    meta = store.get_meta("c", "f")
+    assert meta.mechanism.value == "single" and meta.size == size_of(fields)
+    assert meta.checksum == checksum_of(fields)
+    with pytest.raises(BundleNotFound):
+        store.get_single("c", "f", ["p0", "missing"])
+    with pytest.raises(BundleNotFound):
+        store.get_bundle("c", "f")  # single state is not a bundle
+
+
+def test_bundle_read_is_one_transaction(store, redis_client):
+    store.put("c", "f", {f"p{i}": b"x" * 1000 for i in range(5)})
+    before = command_calls(redis_client, "exec"), command_calls(redis_client, "get")
+    store.get_bundle("c", "f")
+    assert command_calls(redis_client, "exec") - before[0] == 1
+    assert command_calls(redis_client, "get") - before[1] == 0
+
+
+def test_every_write_appends_one_change_entry(store, redis_client):
+    first = store.put("c1", "fn", {"a": b"1", "b": b"2"})
+    store.put_single("c1", "other", {"x": b"9"})
+    version = store.delete("c1", "fn")
+    got = entries(redis_client)
+    assert [eid for eid, _ in got][0] == first.entry_id
+    assert len(got) == 3
+    changes = [ChangeRecord.from_stream_fields(f) for _, f in got]
+    assert (changes[0].op, changes[0].mechanism, changes[0].fields, changes[0].version) == ("put", "bundled", ("a", "b"), 1)
+    assert changes[0].size == first.meta.size and changes[0].checksum == first.meta.checksum
+    assert (changes[1].mechanism, changes[1].fields) == ("single", ("x",))
+    assert (changes[2].op, changes[2].version) == ("delete", version)
+    # every value is a plain string, as a RedisStreamSource's flat array requires
+    assert list(got[0][1]) == ["chain", "function", "op", "mechanism", "fields", "version", "node", "size", "checksum", "ts"]
+
+
+def test_change_stream_is_bounded(redis_server, redis_client):
+    store = StateStore(redis_server.client(), node="n", change_stream_maxlen=100)
+    for i in range(1000):
+        store.put("c", "f", {"v": str(i)})
+    assert redis_client.xlen(keys.DEFAULT_CHANGE_STREAM) < 400  # MAXLEN ~ trims by whole nodes
+
+
+def test_too_large_writes_nothing(store, redis_client):
+    with pytest.raises(BundleTooLarge) as err:
+        store.put("c", "f", {"big": b"x" * (1024 * 1024)})
+    assert err.value.limit == 1024 * 1024
+    assert redis_client.keys("*") == []
+    store.put("c", "f", {"a": b"x" * 1000})
+    with pytest.raises(BundleTooLarge):
+        store.put("c", "f", {"b": b"x" * (1024 * 1024 - 1000)})  # merged total is over the limit
+    assert store.get_bundle("c", "f").fields == {"a": b"x" * 1000}
+    assert len(entries(redis_client)) == 1
+
+
+def test_compare_and_set(store, redis_client):
+    store.put("c", "f", {"a": b"1"})
+    store.put("c", "f", {"a": b"2"}, expected_version=1)
+    with pytest.raises(VersionConflict) as err:
+        store.put("c", "f", {"a": b"3"}, expected_version=1)
+    assert (err.value.expected, err.value.actual) == (1, 2)
+    assert store.get_bundle("c", "f").fields == {"a": b"2"}
+    assert len(entries(redis_client)) == 2
+
+
+@pytest.mark.parametrize("chain,function,field", [
+    ("bad chain", "f", "a"), ("c", "f/x", "a"), ("c", "f", "a,b"), ("x" * 129, "f", "a"), ("", "f", "a"),
+])
+def test_invalid_names_write_nothing(store, redis_client, chain, function, field):
+    with pytest.raises(InvalidName):
+        store.put(chain, function, {field: b"1"})
+    assert redis_client.keys("*") == []
+
+
+def test_ttl_applies_to_data_and_meta(store, redis_client):
+    store.put("c", "f", {"a": b"1"}, ttl_s=100)
+    assert 0 < redis_client.ttl(keys.bundle_key("c", "f")) <= 100
+    assert 0 < redis_client.ttl(keys.meta_key("c", "f")) <= 100
+    store.put("c", "f", {"a": b"2"})  # a write without TTL makes the state persistent again
+    assert redis_client.ttl(keys.bundle_key("c", "f")) == -1
+
+
+def test_two_writers_versions_strictly_increase_without_torn_reads(redis_server, redis_client):
+    store = StateStore(redis_server.client(), node="node-a")
+    seen: dict[str, list[int]] = {"w0": [], "w1": []}
+    torn: list[str] = []
+    done = threading.Event()
+
+    def writer(name: str) -> None:
+        for i in range(1000):
+            # two fields that must always change together
+            value = f"{name}-{i}".encode()
+            seen[name].append(store.put("c", "f", {"left": value, "right": value}).meta.version)
+
+    def reader() -> None:
+        last = 0
+        while not done.is_set():
+            try:
+                bundle = store.get_bundle("c", "f")
+            except BundleNotFound:
+                continue
+            if bundle.fields["left"] != bundle.fields["right"] or bundle.meta.version < last:
+                torn.append(repr(bundle.meta))
+            bundle.verify()
+            last = bundle.meta.version
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in seen]
+    watcher = threading.Thread(target=reader)
+    watcher.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    watcher.join()
+    for versions in seen.values():
+        assert versions == sorted(versions) and len(set(versions)) == 1000
+    assert sorted(seen["w0"] + seen["w1"]) == list(range(1, 2001))
+    assert torn == []
+    assert store.get_meta("c", "f").version == 2000
+    assert redis_client.xlen(keys.DEFAULT_CHANGE_STREAM) == 2000
+
+
+def test_apply_newer_duplicate_stale_conflict(store, redis_client):
+    v3 = make_bundle("c", "f", {"a": b"three"}, version=3, node="node-b", updated_ms=30)
+    assert store.apply(v3).outcome is ApplyOutcome.APPLIED
+    assert store.apply(v3).outcome is ApplyOutcome.DUPLICATE
+    v2 = make_bundle("c", "f", {"a": b"two"}, version=2, node="node-b", updated_ms=20)
+    stale = store.apply(v2)
+    assert (stale.outcome, stale.local_version, stale.incoming_version) == (ApplyOutcome.STALE, 3, 2)
+    other3 = make_bundle("c", "f", {"a": b"other"}, version=3, node="node-c", updated_ms=31)
+    assert store.apply(other3).outcome is ApplyOutcome.CONFLICT
+    bundle = store.get_bundle("c", "f")
+    assert bundle.fields == {"a": b"three"} and bundle.meta.node == "node-b" and bundle.meta.version == 3
+    # applied bundles are not changes of this node: nothing to propagate again
+    assert entries(redis_client) == []
+    # a local write continues the version sequence
+    assert store.put("c", "f", {"b": b"1"}).meta.version == 4
+
+
+def test_apply_rejects_corrupt_content_and_writes_nothing(store, redis_client):
+    good = make_bundle("c", "f", {"a": b"1"}, version=1, node="node-b", updated_ms=1)
+    from skylark.bundle import Bundle
+
+    corrupt = Bundle(good.meta, {"a": b"2"})
+    with pytest.raises(ChecksumMismatch):
+        store.apply(corrupt)
+    truncated = Bundle(good.meta, {})
+    with pytest.raises(ChecksumMismatch):
+        store.apply(truncated)
+    big = make_bundle("c", "f", {"a": b"x" * (1024 * 1024 + 1)}, version=1, node="node-b", updated_ms=1)
+    with pytest.raises(BundleTooLarge):
+        store.apply(big)
+    assert redis_client.keys("*") == []
+
+
+def test_concurrent_applies_keep_the_newest(store):
+    bundles = [make_bundle("c", "f", {"v": str(v).encode()}, version=v, node="node-b", updated_ms=v)
+               for v in range(1, 201)]
+    random.Random(7).shuffle(bundles)
+    halves = [bundles[::2], bundles[1::2]]
+    outcomes: list[ApplyOutcome] = []
+
+    def apply_all(items):
+        for b in items:
+            outcomes.append(store.apply(b).outcome)
+
+    threads = [threading.Thread(target=apply_all, args=(h,)) for h in halves]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    final = store.get_bundle("c", "f")
+    assert final.meta.version == 200 and final.fields == {"v": b"200"}
+    assert set(outcomes) <= {ApplyOutcome.APPLIED, ApplyOutcome.STALE}
+    assert outcomes.count(ApplyOutcome.APPLIED) >= 1
+
+
+def test_delete_leaves_a_tombstone(store, redis_client):
+    store.put("c", "f", {"a": b"1"})
+    store.put("c", "f", {"a": b"2"})
+    assert store.delete("c", "f") == 3
+    with pytest.raises(BundleNotFound):
+        store.get_bundle("c", "f")
+    assert store.get_meta("c", "f") is None
+    assert store.local_version("c", "f") == 3
+    late = make_bundle("c", "f", {"a": b"2"}, version=2, node="node-b", updated_ms=1)
+    assert store.apply(late).outcome is ApplyOutcome.STALE
+    with pytest.raises(BundleNotFound):
+        store.delete("c", "f")
+    assert store.put("c", "f", {"b": b"new"}).meta.version == 4
+    assert store.get_bundle("c", "f").fields == {"b": b"new"}
+
+
+def test_delete_single_state_removes_its_keys(store, redis_client):
+    store.put_single("c", "f", {"a": b"1", "b": b"2"})
+    store.delete("c", "f")
+    assert redis_client.exists(keys.single_key("c", "f", "a"), keys.single_key("c", "f", "b")) == 0
+
+
+def test_unreachable_redis_raises_store_unavailable():
+    client = connect(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    store = StateStore(client, node="n")
+    with pytest.raises(StoreUnavailable):
+        store.put("c", "f", {"a": b"1"})
+    with pytest.raises(StoreUnavailable):
+        store.get_bundle("c", "f")
+    assert store.ping() is False
+
+
+def test_redis_stopping_mid_way(redis_factory):
+    server = redis_factory()
+    store = StateStore(connect(server.url, timeout_s=0.3), node="n")
+    store.put("c", "f", {"a": b"1"})
+    server.stop()
+    with pytest.raises(StoreUnavailable):
+        store.get_bundle("c", "f")
+
+
+def test_auth_password_in_url(redis_factory):
+    server = redis_factory(password="s3cret")
+    store = StateStore(connect(server.url), node="n")
+    store.put("c", "f", {"a": b"1"})
+    assert store.get_bundle("c", "f").fields == {"a": b"1"}
+    wrong = StateStore(connect(server.url.replace("s3cret", "nope"), retries=0), node="n")
+    with pytest.raises(StoreUnavailable):
+        wrong.get_bundle("c", "f")
+    no_auth = f"redis://127.0.0.1:{server.port}/0"
+    with pytest.raises(StoreUnavailable):
+        StateStore(connect(no_auth, retries=0), node="n").put("c", "f", {"a": b"2"})
+    assert store.get_bundle("c", "f").fields == {"a": b"1"}
+
+
+def test_put_requires_bytes(store, redis_client):
+    with pytest.raises(TypeError):
+        store.put("c", "f", {"a": 1})
+    with pytest.raises(ValueError):
+        store.put("c", "f", {})
+    assert redis_client.keys("*") == []
+
+
+def test_redis_py_errors_do_not_leak(store):
+    # A server-side refusal (here: the change stream key holds the wrong type) is reported as
+    # the store being unusable, and the script wrote nothing before failing.
+    store.client.set(keys.DEFAULT_CHANGE_STREAM, "not a stream")
+    with pytest.raises(StoreUnavailable):
+        store.put("c", "f", {"a": b"1"})
+    assert store.client.exists(keys.bundle_key("c", "f"), keys.meta_key("c", "f")) == 0
+    store.client.delete(keys.DEFAULT_CHANGE_STREAM)
+    store.client.set(keys.meta_key("c", "f"), "wrong type")
+    with pytest.raises(StoreUnavailable):
+        store.put("c", "f", {"a": b"1"})
+    assert store.client.exists(keys.bundle_key("c", "f"), keys.DEFAULT_CHANGE_STREAM) == 0
