@@ -155,6 +155,9 @@ class Adjacency:
     names: tuple[str, ...]
     index: Mapping[str, int]
     edges: tuple[tuple[tuple[int, float, float], ...], ...]
+    # ``reverse[v]`` lists ``(u, latency_ms, bandwidth_mbps)`` for each edge u→v in ``edges``:
+    # what a search backwards from a target walks.
+    reverse: tuple[tuple[tuple[int, float, float], ...], ...]
 
 
 @dataclass(frozen=True)
@@ -235,15 +238,18 @@ class Topology:
         index = {name: i for i, name in enumerate(names)}
         ready = [node.ready for node in self.nodes]
         edges: list[list[tuple[int, float, float]]] = [[] for _ in names]
+        reverse: list[list[tuple[int, float, float]]] = [[] for _ in names]
         for link in self.links:
             if link.bandwidth_mbps < min_bandwidth_mbps:
                 continue
             ia, ib = index[link.a], index[link.b]
             if ready[ib]:
                 edges[ia].append((ib, link.latency_ms, link.bandwidth_mbps))
+                reverse[ib].append((ia, link.latency_ms, link.bandwidth_mbps))
             if ready[ia]:
                 edges[ib].append((ia, link.latency_ms, link.bandwidth_mbps))
-        return Adjacency(names, index, tuple(tuple(e) for e in edges))
+                reverse[ia].append((ib, link.latency_ms, link.bandwidth_mbps))
+        return Adjacency(names, index, tuple(map(tuple, edges)), tuple(map(tuple, reverse)))
 
     # -- derivations -----------------------------------------------------------------------
 
