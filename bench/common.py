@@ -55,6 +55,21 @@ def time_ms(fn: Callable[[], object], repeat: int, warmup: int = 3) -> list[floa
     return out
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], repeat: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Time several operations round-robin, so each sees the same machine state (load from
+    other processes, allocator and cache state); returns ms samples per name."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            out[name].append((time.perf_counter() - start) * 1000)
+    return out
+
+
 def ratio(value: float, floor: float) -> str:
     return f"{value / floor:.2f}×" if floor > 0 else "n/a"
 

@@ -1,0 +1,358 @@
+"""Plumbing of CloudEvent functions (Knative ``func`` style): a function object and its Flask app.
+
+A function is an object with a ``name``, the event types it ``accepts``, ``start``/``stop``
+hooks (open connections, load models: once per process, never at import) and
+``handle(event) -> Handled``. :func:`make_function_app` turns it into a Knative service:
+
+- ``POST /``: a CloudEvent (binary or structured mode); the result event is published to
+  ``K_SINK`` (answer 202, empty body) or, without a sink, returned as the reply (200, binary
+  mode: the Knative reply convention). No result event: 204. Successful answers carry no JSON
+  body because a Knative broker treats a non-empty non-CloudEvent reply as a failed delivery.
+- bad input → 4xx JSON ``{"error", "detail"}``; missing state → 404; Redis or the sink down → 503.
+- ``/healthz``, ``/readyz`` (the function's ``ready`` hook), ``/metrics`` (per-stage timings).
+
+It also holds what every example function shares: :class:`NodeState` (this node's store plus a
+reader that falls back to other nodes' Redis through a :class:`~skylark.peers.PeerDirectory`),
+the timings each stage records (:class:`StageTimings`) and the attributes the result events carry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloudevents.core.base import BaseCloudEvent
+from flask import Flask, Response, request
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from eventing import catalogue
+from eventing.http import InvalidEvent, new_event, parse, to_binary
+from eventing.publisher import Delivery, Publisher
+from skylark.errors import ConfigError, SkylarkError, StoreUnavailable
+from skylark.names import validate_name
+from skylark.peers import PeerDirectory, StaticPeers
+from skylark.reader import BundleRead, BundleReader, RemoteStores
+from skylark.redis_client import ClientPool
+from skylark.settings import Settings
+from skylark.store import StateStore
+from skylark.web import ClientError, health_blueprint, install_error_handlers
+
+log = logging.getLogger(__name__)
+
+# Result-event ids are derived from the input event, so a redelivered input (Knative delivers at
+# least once) yields the same result id and downstream receivers can drop the duplicate.
+_EVENT_ID_NAMESPACE = uuid.UUID("5b0f3f8e-8c3a-4d57-9b89-2d7a1f0c6e11")
+
+INLINE = "inline"  # fetch_location of input that came inside the event, not from state
+
+
+# -- timings and traces ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """What one function invocation spent where; the unit of the chain's ``trace``."""
+
+    function: str
+    node: str
+    fetch_location: str  # "local" | "remote" | "inline"
+    fetch_node: str      # the node whose Redis answered (this node for inline input)
+    fetch_ms: float
+    compute_ms: float
+    store_ms: float
+    version: int | None = None  # version of the state this stage wrote, if any
+
+    def timings(self) -> dict[str, Any]:
+        return {
+            "fetch_ms": round(self.fetch_ms, 3),
+            "fetch_location": self.fetch_location,
+            "fetch_node": self.fetch_node,
+            "compute_ms": round(self.compute_ms, 3),
+            "store_ms": round(self.store_ms, 3),
+        }
+
+    def trace_entry(self) -> dict[str, Any]:
+        return {"function": self.function, "node": self.node, "version": self.version, **self.timings()}
+
+
+@dataclass(frozen=True)
+class Handled:
+    """The result of ``handle``: the event to emit (or ``None``), an outcome name and timings."""
+
+    event: BaseCloudEvent | None
+    outcome: str
+    timings: StageTimings
+    chain: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- reading the attributes of incoming events ------------------------------------------------
+
+
+def data_object(event: BaseCloudEvent) -> dict[str, Any]:
+    """The event's data as a JSON object (``{}`` when there is none); 400 for anything else."""
+    data = event.get_data()
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ClientError(400, "invalid_event_data", "event data must be a JSON object")
+    return data
+
+
+def _name_or_400(kind: str, value: object, code: str) -> str:
+    try:
+        return validate_name(kind, value)
+    except ValueError as exc:
+        raise ClientError(400, code, str(exc)) from None
+
+
+def chain_of(event: BaseCloudEvent, data: Mapping[str, Any]) -> str:
+    """The chain id: the ``skylarkchain`` extension or ``data.chain`` (they must agree)."""
+    from_ext = event.get_extension(catalogue.EXT_CHAIN)
+    from_data = data.get("chain")
+    if from_ext is not None and from_data is not None and str(from_ext) != from_data:
+        raise ClientError(400, "chain_mismatch",
+                          f"extension skylarkchain={from_ext!r} but data.chain={from_data!r}")
+    chain = from_ext if from_ext is not None else from_data
+    if chain is None:
+        raise ClientError(400, "missing_chain", "the event names no chain (skylarkchain or data.chain)")
+    return _name_or_400("chain id", chain, "invalid_chain")
+
+
+def origin_of(event: BaseCloudEvent, data: Mapping[str, Any]) -> str | None:
+    """The node that wrote the state the event announces (``skylarknode`` or ``data.node``)."""
+    node = event.get_extension(catalogue.EXT_NODE) or data.get("node")
+    if node is None:
+        return None
+    return _name_or_400("node name", node, "invalid_node")
+
+
+def trace_of(data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The trace accumulated by the previous stages (each an object), ``[]`` at the start."""
+    trace = data.get("trace", [])
+    if not isinstance(trace, list) or not all(isinstance(entry, dict) for entry in trace):
+        raise ClientError(400, "invalid_trace", "data.trace must be a list of objects")
+    return list(trace)
+
+
+def route_of(data: Mapping[str, Any]) -> list[str] | None:
+    """``data.route``: node names for the next stages, passed through unchanged (for the demo)."""
+    route = data.get("route")
+    if route is None:
+        return None
+    if not isinstance(route, list):
+        raise ClientError(400, "invalid_route", "data.route must be a list of node names")
+    return [_name_or_400("node name in route", node, "invalid_route") for node in route]
+
+
+def result_data(chain: str, timings: StageTimings, trace: Sequence[dict[str, Any]],
+                route: list[str] | None, **fields: Any) -> dict[str, Any]:
+    """The data of a result event: chain, node, this stage's timings, the trace with it appended."""
+    data: dict[str, Any] = {
+        "chain": chain,
+        "node": timings.node,
+        "function": timings.function,
+        "version": timings.version,
+        **fields,
+        "timings": timings.timings(),
+        "trace": [*trace, timings.trace_entry()],
+    }
+    if route is not None:
+        data["route"] = route
+    return data
+
+
+def result_event(type_: str, *, cause: BaseCloudEvent, chain: str, timings: StageTimings,
+                 data: dict[str, Any]) -> BaseCloudEvent:
+    """A result event with the Skylark extensions; its id is derived from the cause's source+id."""
+    event_id = uuid.uuid5(_EVENT_ID_NAMESPACE,
+                          f"{timings.function}\n{cause.get_source()}\n{cause.get_id()}")
+    return new_event(
+        type_, catalogue.source_for(timings.node, timings.function), data, id_=str(event_id),
+        skylarkchain=chain, skylarknode=timings.node, skylarkfunction=timings.function,
+        skylarkversion=timings.version,
+    )
+
+
+# -- state of this node and of its peers -----------------------------------------------------
+
+
+class _GuardedPeers:
+    """A PeerDirectory whose lookup failures (e.g. the neighbors service down) are a 503."""
+
+    def __init__(self, peers: PeerDirectory) -> None:
+        self._peers = peers
+
+    def redis_url(self, node: str) -> str | None:
+        try:
+            return self._peers.redis_url(node)
+        except LookupError:
+            return None
+        except (SkylarkError, ConnectionError, OSError) as exc:
+            raise StoreUnavailable(f"cannot resolve the Redis of node {node!r}: {exc}") from exc
+
+
+def default_peers(settings: Settings, env: Mapping[str, str] | None = None) -> PeerDirectory:
+    """The neighbors service (cached topology) when ``SKYLARK_NEIGHBORS_URL`` is set, else
+    ``SKYLARK_PEERS`` (a static map, possibly empty)."""
+    env = os.environ if env is None else env
+    if env.get("SKYLARK_NEIGHBORS_URL"):
+        try:
+            from neighbors_service.client import CachedTopology, NeighborsClient  # noqa: PLC0415
+        except ImportError:  # a function image built without the neighbors service package
+            log.warning("SKYLARK_NEIGHBORS_URL is set but neighbors_service is not installed")
+        else:
+            return CachedTopology(NeighborsClient(settings.neighbors_url))
+    return StaticPeers.from_env(env)
+
+
+class NodeState:
+    """This node's :class:`StateStore` and a :class:`BundleReader` that falls back to peers."""
+
+    def __init__(self, settings: Settings, peers: PeerDirectory) -> None:
+        self.store = StateStore.from_settings(settings)
+        self._pool = ClientPool(password=settings.redis_password, timeout_s=settings.redis_timeout_s)
+        self.reader = BundleReader(self.store, RemoteStores(_GuardedPeers(peers).redis_url, self._pool))
+
+    def read(self, chain: str, function: str, origin: str | None) -> BundleRead:
+        """The bundle from the local Redis, else from ``origin``'s (where it was written)."""
+        return self.reader.read(chain, function, [origin] if origin else [])
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        ok = self.store.ping()
+        return ok, {"redis": "ok" if ok else "unreachable"}
+
+    def close(self) -> None:
+        self._pool.close()
+        self.store.client.close()
+
+
+# -- settings of a function (each has a frozen dataclass with from_env in its own config module) --
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def env_float(env: Mapping[str, str], name: str, default: float,
+              minimum: float = 0.0, maximum: float = float("inf")) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name}={value} must be within [{minimum}, {maximum}]")
+    return value
+
+
+def env_list(env: Mapping[str, str], name: str, default: Sequence[str]) -> tuple[str, ...]:
+    """A comma-separated list (blanks dropped); the default when unset."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return tuple(default)
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+# -- the function object and its app --------------------------------------------------------
+
+
+class CloudEventFunction:
+    """Base class of a function. Subclasses set ``name``/``accepts`` and implement ``handle``."""
+
+    name: str = ""
+    accepts: tuple[str, ...] = ()
+
+    def start(self) -> None:
+        """Open connections and load models (called once per process by the app factory)."""
+
+    def stop(self) -> None:
+        """Release what ``start`` opened."""
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        return True, {}
+
+    def handle(self, event: BaseCloudEvent) -> Handled:
+        raise NotImplementedError
+
+
+def make_function_app(function: CloudEventFunction, settings: Settings, *,
+                      max_body_bytes: int = 16 * 1024 * 1024,
+                      publisher: Publisher | None = None) -> Flask:
+    """A Flask app serving ``function`` at ``POST /``; calls ``function.start()`` now.
+
+    ``settings.broker_url`` (``K_SINK``) decides between publishing the result (202) and
+    replying with it (200). ``app.extensions["skylark.function"]`` is the function, so callers
+    can ``stop()`` it; gunicorn workers simply exit.
+    """
+    function.start()
+    sink = settings.broker_url
+    publisher = publisher or (Publisher() if sink else None)
+
+    app = Flask(f"skylark.{function.name}")
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    app.extensions["skylark.function"] = function
+    install_error_handlers(app)
+
+    registry = CollectorRegistry()
+    events = Counter("skylark_function_events", "Events handled, by outcome",
+                     ["function", "outcome"], registry=registry)
+    stage_seconds = Histogram(
+        "skylark_function_stage_seconds", "Time per stage of an invocation",
+        ["function", "stage"], registry=registry,
+        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    )
+    app.register_blueprint(health_blueprint(function.ready, registry))
+
+    @app.post("/")
+    def receive() -> Response:
+        try:
+            event = parse(request.headers, request.get_data())
+        except InvalidEvent as exc:
+            raise ClientError(400, exc.code, exc.detail) from None
+        if function.accepts and event.get_type() not in function.accepts:
+            raise ClientError(400, "unsupported_event_type",
+                              f"{function.name} accepts {', '.join(function.accepts)}, "
+                              f"not {event.get_type()!r}")
+        handled = function.handle(event)
+        t = handled.timings
+        for stage, ms in (("fetch", t.fetch_ms), ("compute", t.compute_ms), ("store", t.store_ms)):
+            stage_seconds.labels(function.name, stage).observe(ms / 1000)
+        events.labels(function.name, handled.outcome).inc()
+        log.info("%s %s", function.name, handled.outcome, extra={
+            "chain": handled.chain, "event_id": event.get_id(), "function": function.name,
+            "outcome": handled.outcome, **t.timings(), **handled.extra,
+        })
+        if handled.event is None:
+            return Response(status=204)
+        if sink is None:
+            headers, body = to_binary(handled.event)
+            return Response(body, status=200, headers=headers)
+        outcome = publisher.publish(sink, handled.event)
+        stage_seconds.labels(function.name, "publish").observe(outcome.elapsed_ms / 1000)
+        if outcome.delivery is Delivery.REJECTED:
+            # Our state is written; the sink refused the event for good. Not the sender's fault.
+            raise ClientError(502, "sink_rejected",
+                              f"K_SINK answered {outcome.status_code}: {outcome.reason}")
+        if not outcome.ok:
+            # 503: Knative redelivers the input; the state write repeats (same content, new
+            # version) and the result event keeps its id, so the next stage can dedupe.
+            raise ClientError(503, "sink_unavailable", f"K_SINK not reachable: {outcome.reason}")
+        return Response(status=202)
+
+    return app
