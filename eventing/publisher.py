@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import requests
 from cloudevents.core.base import BaseCloudEvent
@@ -33,6 +34,7 @@ class PublishOutcome:
     reason: str
     elapsed_ms: float
     body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)  # of a 2xx answer, names lowercased
 
     @property
     def ok(self) -> bool:
@@ -66,16 +68,26 @@ class Publisher:
 
     def publish(self, url: str, event: BaseCloudEvent) -> PublishOutcome:
         headers, body = to_binary(event)
+        return self.post(url, headers, body)
+
+    def post(self, url: str, headers: Mapping[str, str], body: bytes, *,
+             timeout: tuple[float, float] | None = None) -> PublishOutcome:
+        """POST an already encoded event (e.g. the stream source's Go-identical body).
+
+        ``timeout``: (connect, read) seconds for this call instead of the publisher's.
+        """
         start = time.perf_counter()
         try:
-            response = self.session.post(url, data=body, headers=headers, timeout=self.timeout)
+            response = self.session.post(url, data=body, headers=dict(headers),
+                                         timeout=timeout or self.timeout)
         except requests.RequestException as exc:
             return PublishOutcome(Delivery.GAVE_UP, None, f"{type(exc).__name__}: {exc}",
                                   (time.perf_counter() - start) * 1000)
         elapsed = (time.perf_counter() - start) * 1000
         code = response.status_code
         if 200 <= code < 300:
-            return PublishOutcome(Delivery.DELIVERED, code, "ok", elapsed, response.content)
+            return PublishOutcome(Delivery.DELIVERED, code, "ok", elapsed, response.content,
+                                  {k.lower(): v for k, v in response.headers.items()})
         reason = response.text[:500] or response.reason or ""
         if code in RETRY_STATUSES:
             return PublishOutcome(Delivery.GAVE_UP, code, reason, elapsed)
