@@ -1,0 +1,285 @@
+"""The bundle-propagation event ``io.skylark.bundle.propagated``: build it and read it back (pure).
+
+Attributes: ``source=/skylark/nodes/<origin>/handlers``, ``id=<chain>:<function>:<version>:
+<checksum[:12]>:<target>`` (the same for every retry of the same push, so receivers dedupe it),
+extensions ``skylarkchain``, ``skylarkfunction``, ``skylarkversion``, ``skylarknode`` (origin),
+``skylarkchecksum``, ``skylarksize``, ``skylarktarget`` and, with a signing key,
+``skylarksignature``. Data (``application/json``), one of:
+
+* inline: ``{"meta": {chain, function, version, node, updated_ms, size, checksum, fields},
+  "fields": {"<name>": "<base64>"}}``
+* claim check: ``{"claim": {node, chain, function, version, checksum, size}}`` — the receiver
+  pulls the bundle from the origin node's Redis in one round trip.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cloudevents.core.base import BaseCloudEvent
+from cloudevents.core.v1.event import CloudEvent
+
+from eventing import catalogue
+from eventing.http import InvalidEvent, new_event
+from handlers import signing
+from skylark.bundle import Bundle, BundleMeta
+from skylark.names import validate_name
+
+INLINE = "inline"
+CLAIM = "claim"
+SERVICE = "handlers"
+_CHECKSUM = re.compile(r"[0-9a-f]{40}")
+
+
+class InvalidBundleEvent(InvalidEvent):
+    """A propagation event whose data or attributes are not a well-formed bundle or claim."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A reference to a bundle in ``node``'s Redis (sent instead of bundles above the inline limit)."""
+
+    node: str
+    chain: str
+    function: str
+    version: int
+    checksum: str
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "chain": self.chain, "function": self.function,
+                "version": self.version, "checksum": self.checksum, "size": self.size}
+
+    def signed_parts(self) -> list[str]:
+        return [CLAIM, self.node, self.chain, self.function, str(self.version), self.checksum,
+                str(self.size)]
+
+
+def _inline_parts(bundle: Bundle) -> list[str]:
+    m = bundle.meta
+    return [INLINE, m.chain, m.function, str(m.version), m.node, str(m.updated_ms), str(m.size),
+            m.checksum, str(m.field_count), *signing.field_hashes(bundle.fields)]
+
+
+@dataclass(frozen=True)
+class Payload:
+    """The encoded data of one push, shared by every target of it (encoded once)."""
+
+    bundle: Bundle
+    origin: str
+    mode: str          # INLINE or CLAIM
+    data: bytes        # the JSON body
+    signed_parts: tuple[str, ...]
+
+
+def encode_payload(bundle: Bundle, *, origin: str, inline_max_bytes: int,
+                   sign: bool = False) -> Payload:
+    """Inline up to ``inline_max_bytes`` of bundle size, else a claim check on ``origin``.
+
+    ``sign`` computes the content hashes a signature needs (skipped when no key is set).
+    """
+    meta = bundle.meta
+    if meta.size <= inline_max_bytes:
+        document = {
+            "meta": {k: v for k, v in meta.to_dict().items() if k != "mechanism"},
+            "fields": {name: base64.b64encode(value).decode("ascii")
+                       for name, value in bundle.fields.items()},
+        }
+        parts = tuple(_inline_parts(bundle)) if sign else ()
+        mode = INLINE
+    else:
+        claim = Claim(origin, meta.chain, meta.function, meta.version, meta.checksum, meta.size)
+        document = {"claim": claim.to_dict()}
+        parts = tuple(claim.signed_parts())
+        mode = CLAIM
+    data = json.dumps(document, separators=(",", ":")).encode()
+    return Payload(bundle, origin, mode, data, parts)
+
+
+def event_id(meta: BundleMeta, target: str) -> str:
+    return f"{meta.chain}:{meta.function}:{meta.version}:{meta.checksum[:12]}:{target}"
+
+
+def propagation_event(payload: Payload, target: str, signing_key: bytes | None = None) -> CloudEvent:
+    meta = payload.bundle.meta
+    source = catalogue.source_for(payload.origin, SERVICE)
+    id_ = event_id(meta, target)
+    signature = None
+    if signing_key is not None:
+        signature = signing.sign(signing_key, signing.canonical(source, id_, target, payload.signed_parts))
+    return new_event(
+        catalogue.BUNDLE_PROPAGATED, source, payload.data, id_=id_,
+        **{
+            catalogue.EXT_CHAIN: meta.chain,
+            catalogue.EXT_FUNCTION: meta.function,
+            catalogue.EXT_VERSION: meta.version,
+            catalogue.EXT_NODE: payload.origin,
+            catalogue.EXT_CHECKSUM: meta.checksum,
+            catalogue.EXT_SIZE: meta.size,
+            catalogue.EXT_TARGET: target,
+            catalogue.EXT_SIGNATURE: signature,
+        },
+    )
+
+
+# -- receiving ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A decoded propagation event: exactly one of ``bundle`` (inline) and ``claim`` is set."""
+
+    source: str
+    id: str
+    target: str | None
+    signature: str | None
+    bundle: Bundle | None = None
+    claim: Claim | None = None
+
+    @property
+    def chain(self) -> str:
+        return self.bundle.chain if self.bundle else self.claim.chain  # type: ignore[union-attr]
+
+    @property
+    def function(self) -> str:
+        return self.bundle.function if self.bundle else self.claim.function  # type: ignore[union-attr]
+
+    @property
+    def version(self) -> int:
+        return self.bundle.version if self.bundle else self.claim.version  # type: ignore[union-attr]
+
+    @property
+    def mode(self) -> str:
+        return INLINE if self.bundle is not None else CLAIM
+
+    def signed_message(self) -> bytes:
+        parts = _inline_parts(self.bundle) if self.bundle is not None else self.claim.signed_parts()  # type: ignore[union-attr]
+        return signing.canonical(self.source, self.id, self.target or "", parts)
+
+
+def _bad(detail: str) -> InvalidBundleEvent:
+    return InvalidBundleEvent("invalid_bundle_event", detail)
+
+
+def _integer(where: str, value: object, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _bad(f"{where} must be an integer >= {minimum}, not {value!r}"[:200])
+    return value
+
+
+def _string(where: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise _bad(f"{where} must be a string")
+    return value
+
+
+def _name(kind: str, value: object) -> str:
+    try:
+        return validate_name(kind, value)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+
+
+def _checksum(where: str, value: object) -> str:
+    text = _string(where, value)
+    if _CHECKSUM.fullmatch(text) is None:
+        raise _bad(f"{where} must be 40 lowercase hex characters")
+    return text
+
+
+def _object(where: str, value: object, keys: set[str]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _bad(f"{where} must be a JSON object")
+    missing = keys - set(value)
+    if missing:
+        raise _bad(f"{where} lacks {', '.join(sorted(missing))}")
+    return value
+
+
+def _decode_inline(document: Mapping[str, Any]) -> Bundle:
+    raw_meta = _object("meta", document.get("meta"),
+                       {"chain", "function", "version", "node", "updated_ms", "size", "checksum", "fields"})
+    raw_fields = document.get("fields")
+    if not isinstance(raw_fields, Mapping):
+        raise _bad("fields must be a JSON object of name → base64")
+    fields: dict[str, bytes] = {}
+    for name, encoded in raw_fields.items():
+        _name("field name", name)
+        try:
+            fields[name] = base64.b64decode(_string(f"fields.{name}", encoded), validate=True)
+        except (binascii.Error, ValueError):
+            raise _bad(f"fields.{name} is not valid base64") from None
+    meta = BundleMeta(
+        chain=_name("chain id", raw_meta["chain"]),
+        function=_name("function name", raw_meta["function"]),
+        version=_integer("meta.version", raw_meta["version"], 1),
+        node=_name("node name", raw_meta["node"]),
+        updated_ms=_integer("meta.updated_ms", raw_meta["updated_ms"]),
+        size=_integer("meta.size", raw_meta["size"]),
+        checksum=_checksum("meta.checksum", raw_meta["checksum"]),
+        field_count=_integer("meta.fields", raw_meta["fields"]),
+    )
+    return Bundle(meta, fields)
+
+
+def _decode_claim(raw: object) -> Claim:
+    claim = _object("claim", raw, {"node", "chain", "function", "version", "checksum", "size"})
+    return Claim(
+        node=_name("node name", claim["node"]),
+        chain=_name("chain id", claim["chain"]),
+        function=_name("function name", claim["function"]),
+        version=_integer("claim.version", claim["version"], 1),
+        checksum=_checksum("claim.checksum", claim["checksum"]),
+        size=_integer("claim.size", claim["size"]),
+    )
+
+
+def decode_propagation(event: BaseCloudEvent) -> Incoming:
+    """Read a propagation event; :class:`InvalidBundleEvent` says what is wrong with it.
+
+    The data is authoritative; the extension attributes (used by brokers to filter) must agree
+    with it where they are present.
+    """
+    if event.get_type() != catalogue.BUNDLE_PROPAGATED:
+        raise InvalidBundleEvent("wrong_event_type",
+                                 f"expected {catalogue.BUNDLE_PROPAGATED}, got {event.get_type()!r}")
+    data = event.get_data()
+    if isinstance(data, (bytes, bytearray, str)):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            raise _bad("event data is not JSON") from None
+    if not isinstance(data, Mapping) or ("claim" in data) == ("meta" in data):
+        raise _bad("data must be an object with either meta + fields (inline) or claim")
+    attributes = event.get_attributes()
+    bundle = claim = None
+    if "claim" in data:
+        claim = _decode_claim(data["claim"])
+        chain, function, version, checksum, size = claim.chain, claim.function, claim.version, claim.checksum, claim.size
+    else:
+        bundle = _decode_inline(data)
+        m = bundle.meta
+        chain, function, version, checksum, size = m.chain, m.function, m.version, m.checksum, m.size
+    expected = {
+        catalogue.EXT_CHAIN: chain, catalogue.EXT_FUNCTION: function,
+        catalogue.EXT_VERSION: str(version), catalogue.EXT_CHECKSUM: checksum,
+        catalogue.EXT_SIZE: str(size),
+    }
+    for name, value in expected.items():
+        present = attributes.get(name)
+        if present is not None and str(present) != value:
+            raise _bad(f"attribute {name}={str(present)[:60]!r} disagrees with the data ({value!r})")
+    target = attributes.get(catalogue.EXT_TARGET)
+    signature = attributes.get(catalogue.EXT_SIGNATURE)
+    return Incoming(
+        source=str(event.get_source()), id=str(event.get_id()),
+        target=str(target) if target is not None else None,
+        signature=str(signature) if signature is not None else None,
+        bundle=bundle, claim=claim,
+    )

@@ -1,0 +1,110 @@
+"""Settings of the handlers service, read once from the environment.
+
+=================================  =============================================================  ==========
+env                                meaning                                                        default
+=================================  =============================================================  ==========
+``SKYLARK_DEDUPE_TTL``             seconds a received event's (source, id) is remembered           86400
+``SKYLARK_SIGNING_KEY``            HMAC key of propagation events (sign on send, require on        –
+                                   receive); unset = unsigned
+``SKYLARK_PUBLISH_WORKERS``        threads per worker that publish to target brokers in parallel   8
+``SKYLARK_PUBLISH_TIMEOUT``        read timeout of one publish, seconds                            10
+``SKYLARK_PUBLISH_RETRIES``        retries of a publish (connect errors, 429, 5xx)                 3
+``SKYLARK_TARGETS_TTL``            seconds a topology / SLO snapshot from the neighbors service    5
+                                   is reused for target decisions
+``SKYLARK_MAX_REQUEST_BYTES``      largest request body (413 above)                                see below
+``SKYLARK_WARMUP_MAX_PAIRS``       most (chain, function) pairs one warm-up refreshes              1000
+``PORT`` and the core ``SKYLARK_*``  see ``docs/conventions.md``
+=================================  =============================================================  ==========
+
+The default request limit fits the largest inline propagation event: an inline bundle of
+``SKYLARK_INLINE_MAX_BYTES`` grows by a third in base64, plus room for the JSON around it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from skylark.errors import ConfigError
+from skylark.settings import Settings
+
+_ENVELOPE_ALLOWANCE = 64 * 1024
+
+
+def default_max_request_bytes(inline_max_bytes: int) -> int:
+    return max(1024 * 1024, inline_max_bytes * 4 // 3 + _ENVELOPE_ALLOWANCE)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={value} must be > 0")
+    return value
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    core: Settings = field(default_factory=Settings)
+    dedupe_ttl_s: int = 86_400
+    signing_key: bytes | None = field(default=None, repr=False)
+    publish_workers: int = 8
+    publish_timeout_s: float = 10.0
+    publish_retries: int = 3
+    targets_ttl_s: float = 5.0
+    max_request_bytes: int = 0  # 0: derived from core.inline_max_bytes
+    warmup_max_pairs: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.max_request_bytes == 0:
+            object.__setattr__(self, "max_request_bytes",
+                               default_max_request_bytes(self.core.inline_max_bytes))
+        if self.dedupe_ttl_s < 1:
+            raise ConfigError("SKYLARK_DEDUPE_TTL must be >= 1")
+        if self.publish_workers < 1:
+            raise ConfigError("SKYLARK_PUBLISH_WORKERS must be >= 1")
+        if self.max_request_bytes < 1024:
+            raise ConfigError("SKYLARK_MAX_REQUEST_BYTES must be >= 1024")
+        if self.warmup_max_pairs < 1:
+            raise ConfigError("SKYLARK_WARMUP_MAX_PAIRS must be >= 1")
+        if self.signing_key is not None and len(self.signing_key) < 16:
+            raise ConfigError("SKYLARK_SIGNING_KEY must be at least 16 bytes")
+
+    @property
+    def node(self) -> str:
+        return self.core.node
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "HandlerSettings":
+        env = os.environ if env is None else env
+        key = env.get("SKYLARK_SIGNING_KEY") or None
+        return cls(
+            core=Settings.from_env(env),
+            dedupe_ttl_s=_int(env, "SKYLARK_DEDUPE_TTL", 86_400, 1),
+            signing_key=key.encode() if key else None,
+            publish_workers=_int(env, "SKYLARK_PUBLISH_WORKERS", 8, 1),
+            publish_timeout_s=_float(env, "SKYLARK_PUBLISH_TIMEOUT", 10.0),
+            publish_retries=_int(env, "SKYLARK_PUBLISH_RETRIES", 3, 0),
+            targets_ttl_s=_float(env, "SKYLARK_TARGETS_TTL", 5.0),
+            max_request_bytes=_int(env, "SKYLARK_MAX_REQUEST_BYTES", 0, 0),
+            warmup_max_pairs=_int(env, "SKYLARK_WARMUP_MAX_PAIRS", 1000, 1),
+        )

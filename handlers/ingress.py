@@ -1,0 +1,96 @@
+"""The CloudEvent ingress: ``POST /`` routes by event type; ``/stream``, ``/bundle``, ``/warmup``
+accept only their own type (for Knative Triggers that point at a sub-path).
+
+Answers: 202 with a JSON report when done; 400 ``{"error", "detail"}`` for anything that is not
+a well-formed event of a known type (Knative does not retry a 400); 401 for a bad signature; 413
+above the size limits; 503 when the local Redis, a neighbour's Redis needed for a claim check, a
+target broker or the neighbors service is down (Knative retries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Blueprint, current_app, jsonify, request
+from cloudevents.core.base import BaseCloudEvent
+
+from eventing import catalogue
+from eventing.http import InvalidEvent, parse
+from handlers.metrics import type_label
+from skylark.errors import SkylarkError
+from skylark.web import ClientError
+
+EXTENSION = "skylark_handlers"
+
+# Event type → (sub-path, name of the service method in the app's Services).
+ROUTES = {
+    catalogue.REDIS_STREAM: "stream",
+    catalogue.BUNDLE_PROPAGATED: "bundle",
+    catalogue.PING: "warmup",
+}
+
+bp = Blueprint("events", __name__)
+
+
+def _parse_request() -> BaseCloudEvent:
+    body = request.get_data(cache=False)  # MAX_CONTENT_LENGTH applies here (→ 413)
+    try:
+        return parse(request.headers, body)
+    except InvalidEvent as exc:
+        raise ClientError(400, exc.code, exc.detail) from None
+
+
+def _handle(event: BaseCloudEvent, route: str):
+    services = current_app.extensions[EXTENSION]
+    handler: Callable = services.handler(route)
+    counter = services.metrics.events
+    label = type_label(event.get_type())
+    try:
+        report = handler(event)
+    except InvalidEvent as exc:
+        counter.labels(label, exc.code).inc()
+        raise ClientError(400, exc.code, exc.detail) from None
+    except ClientError as exc:
+        counter.labels(label, exc.code).inc()
+        raise
+    except ConnectionError as exc:
+        # StoreUnavailable, NeighborsUnavailable...: a dependency is down, Knative should retry.
+        code = getattr(exc, "code", "dependency_unavailable")
+        counter.labels(label, code).inc()
+        raise ClientError(503, code, str(exc)) from None
+    except SkylarkError as exc:
+        counter.labels(label, exc.code).inc()
+        raise  # skylark.web maps it (400 invalid name / checksum, 413 too large...)
+    body = report.to_dict()
+    counter.labels(label, body["outcome"]).inc()
+    return jsonify(body), 202
+
+
+@bp.post("/")
+def ingress():
+    event = _parse_request()
+    route = ROUTES.get(event.get_type())
+    if route is None:
+        current_app.extensions[EXTENSION].metrics.events.labels("other", "unknown_event_type").inc()
+        raise ClientError(400, "unknown_event_type",
+                          f"event type {event.get_type()!r} is not handled here; expected one of "
+                          f"{', '.join(ROUTES)}")
+    return _handle(event, route)
+
+
+def _sub_path(route: str, event_type: str):
+    def view():
+        event = _parse_request()
+        if event.get_type() != event_type:
+            current_app.extensions[EXTENSION].metrics.events.labels(
+                type_label(event.get_type()), "wrong_event_type").inc()
+            raise ClientError(400, "wrong_event_type",
+                              f"/{route} takes {event_type} events, not {event.get_type()!r}")
+        return _handle(event, route)
+
+    view.__name__ = f"ingress_{route}"
+    return view
+
+
+for _type, _route in ROUTES.items():
+    bp.add_url_rule(f"/{_route}", view_func=_sub_path(_route, _type), methods=["POST"])

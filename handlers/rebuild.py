@@ -1,0 +1,76 @@
+"""Rebuild the bundle of (chain, function) from a node's Redis, whatever mechanism wrote it.
+
+*Bundled* state is already kept as one versioned bundle by the state library (written atomically
+by a Lua script), so the rebuild is one read: ``StateStore.get_bundle`` (MULTI: data + meta).
+
+*Single* state keeps one STRING per field; the rebuild gathers all of them into one versioned
+bundle, which is what the successor needs in one round trip. It is a consistent snapshot: the
+field names come from the metadata's per-field digests, then one MULTI reads the metadata again
+together with every field, and the snapshot is accepted only if that metadata still names the
+same fields (else a write raced us, and the read is repeated). The bundle keeps the version and
+checksum the library computed for the single state (same checksum definition for both
+mechanisms), so the receiver can verify it and apply it as a bundle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from handlers.redis_errors import unavailable_on_error
+from skylark import keys
+from skylark.bundle import Bundle, BundleMeta, Mechanism
+from skylark.errors import BundleNotFound, StoreUnavailable
+from skylark.store import StateStore
+
+_SNAPSHOT_ATTEMPTS = 5
+
+
+def current_bundle(store: StateStore, chain: str, function: str, mechanism: str | None = None) -> Bundle:
+    """The current state of (chain, function) in ``store`` as one bundle.
+
+    ``mechanism`` (from a change record) says which read to try first; the other one is tried
+    when the state was rewritten with the other mechanism since. :class:`BundleNotFound` when
+    there is no live state (never written, or deleted).
+    """
+    if mechanism == Mechanism.SINGLE.value:
+        found = _single_snapshot(store, chain, function)
+        return found if found is not None else store.get_bundle(chain, function)
+    try:
+        return store.get_bundle(chain, function)
+    except BundleNotFound:
+        found = _single_snapshot(store, chain, function)
+        if found is None:
+            raise
+        return found
+
+
+def _digest_names(raw_meta: Mapping[bytes, bytes]) -> list[str]:
+    return sorted(k[2:].decode() for k in raw_meta if k.startswith(b"d:"))
+
+
+def _single_snapshot(store: StateStore, chain: str, function: str) -> Bundle | None:
+    meta_key = keys.meta_key(chain, function)
+    client = store.client
+    with unavailable_on_error("single-state snapshot"):
+        names = _digest_names(client.hgetall(meta_key))
+        for _ in range(_SNAPSHOT_ATTEMPTS):
+            pipe = client.pipeline(transaction=True)
+            pipe.hgetall(meta_key)
+            for name in names:
+                pipe.get(keys.single_key(chain, function, name))
+            raw_meta, *values = pipe.execute()
+            if not raw_meta or raw_meta.get(b"deleted") == b"1" or raw_meta.get(b"mechanism") != b"single":
+                return None
+            current = _digest_names(raw_meta)
+            if current == names:
+                if any(v is None for v in values):
+                    return None  # fields expired (put_single with a TTL): no live state
+                meta = BundleMeta(
+                    chain=chain, function=function, version=int(raw_meta[b"version"]),
+                    node=raw_meta[b"node"].decode(), updated_ms=int(raw_meta[b"updated_ms"]),
+                    size=int(raw_meta[b"size"]), checksum=raw_meta[b"checksum"].decode(),
+                    field_count=int(raw_meta[b"fields"]), mechanism=Mechanism.SINGLE,
+                )
+                return Bundle(meta, dict(zip(names, values)))
+            names = current  # a write raced the read: take the new names and read again
+    raise StoreUnavailable(f"single state of {chain}/{function} kept changing during {_SNAPSHOT_ATTEMPTS} reads")

@@ -1,0 +1,35 @@
+"""HMAC-SHA256 signatures of propagation events (pure).
+
+The signature covers what the receiver acts on, in a form that does not depend on how the event
+was encoded on the way (binary or structured mode, JSON whitespace a broker may change): the
+event's ``source``, ``id``, the target node, the bundle's metadata, and for an inline bundle the
+SHA-256 of every field. The bundle's own checksum is made for corruption, not tampering (it is
+built on xxh3), so the content is hashed here again with a cryptographic hash; a claim check's
+content is pulled from the origin's Redis and checked against the signed checksum and version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+
+
+def canonical(source: str, event_id: str, target: str, parts: Sequence[str]) -> bytes:
+    """The signed message: the event's identity, its target, then what it carries (``parts``)."""
+    return "\n".join(["skylark-bundle-v1", source, event_id, target, *parts]).encode()
+
+
+def field_hashes(fields: Mapping[str, bytes]) -> list[str]:
+    """``name\0sha256(value)`` per field, sorted by name: binds the content to a signature."""
+    return [f"{name}\0{hashlib.sha256(fields[name]).hexdigest()}" for name in sorted(fields)]
+
+
+def sign(key: bytes, message: bytes) -> str:
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def verify(key: bytes, message: bytes, signature: str | None) -> bool:
+    if not signature:
+        return False
+    return hmac.compare_digest(sign(key, message), signature)

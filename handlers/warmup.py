@@ -1,0 +1,237 @@
+"""Warm-up (``dev.knative.sources.ping``): pull the newest bundles of named chains/functions.
+
+PingSource data (JSON)::
+
+    {"chains": ["c1", "c2"], "functions": ["detect"], "nodes": ["node-b"]}
+
+``chains`` and ``functions`` together name every (chain, function) pair of the two lists; with
+only ``chains``, every function of those chains found on the neighbours (a SCAN of their
+metadata keys); with only ``functions``, every chain that has one. ``nodes`` defaults to the
+ready direct neighbours of this node. At most ``SKYLARK_WARMUP_MAX_PAIRS`` pairs are examined.
+
+Per node, the versions of all pairs are read in one pipelined round trip; a pair is pulled (one
+more round trip) from the node with the newest version when the local copy is missing or older,
+and applied with the usual newer-wins rule. This also repairs propagation that the stream source
+lost (the real RedisStreamSource acks failed deliveries and skips entries written while it
+restarts). A neighbour that cannot be reached is reported, not fatal; the local Redis being down is
+a 503.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from cloudevents.core.base import BaseCloudEvent
+
+from eventing.http import InvalidEvent
+from handlers.metrics import HandlerMetrics
+from handlers.rebuild import current_bundle
+from handlers.redis_errors import unavailable_on_error
+from handlers.targets import TargetResolver
+from skylark import keys
+from skylark.bundle import ApplyOutcome
+from skylark.errors import BundleNotFound, BundleTooLarge, ChecksumMismatch, StoreUnavailable
+from skylark.names import NAME_PATTERN, validate_name
+from skylark.reader import RemoteStores
+from skylark.store import StateStore
+
+log = logging.getLogger(__name__)
+_MAX_NAMES = 1000  # per list in one ping's data
+
+
+class InvalidWarmup(InvalidEvent):
+    """PingSource data that does not say what to warm."""
+
+
+@dataclass(frozen=True)
+class WarmupRequest:
+    chains: tuple[str, ...] = ()
+    functions: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()
+
+
+@dataclass
+class WarmupReport:
+    checked: int = 0
+    refreshed: int = 0
+    current: int = 0
+    missing: int = 0
+    failed: int = 0
+    truncated: bool = False
+    nodes: list[str] = field(default_factory=list)
+    unreachable: list[str] = field(default_factory=list)
+    refreshed_pairs: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"outcome": "warmed", "checked": self.checked, "refreshed": self.refreshed,
+                "current": self.current, "missing": self.missing, "failed": self.failed, "truncated": self.truncated,
+                "nodes": self.nodes, "unreachable": self.unreachable,
+                "refreshed_pairs": self.refreshed_pairs[:100]}
+
+
+def _names(data: Mapping, key: str, kind: str) -> tuple[str, ...]:
+    raw = data.get(key, [])
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or len(raw) > _MAX_NAMES:
+        raise InvalidWarmup("invalid_warmup", f"{key} must be a list of at most {_MAX_NAMES} names")
+    try:
+        return tuple(dict.fromkeys(validate_name(kind, name) for name in raw))
+    except ValueError as exc:
+        raise InvalidWarmup("invalid_warmup", f"{key}: {exc}") from None
+
+
+def parse_warmup(event: BaseCloudEvent) -> WarmupRequest:
+    data = event.get_data()
+    if isinstance(data, (bytes, bytearray)):
+        # PingSource sends its data with the content type it was given, which may not say JSON.
+        try:
+            data = json.loads(data)
+        except ValueError:
+            raise InvalidWarmup("invalid_warmup", "ping data is not JSON") from None
+    if not isinstance(data, Mapping):
+        raise InvalidWarmup("invalid_warmup",
+                            'ping data must be a JSON object like {"chains": [...], "functions": [...]}')
+    unknown = set(data) - {"chains", "functions", "nodes"}
+    if unknown:
+        raise InvalidWarmup("invalid_warmup", f"unknown keys {sorted(unknown)}; expected chains, functions, nodes")
+    request = WarmupRequest(_names(data, "chains", "chain id"), _names(data, "functions", "function name"),
+                            _names(data, "nodes", "node name"))
+    if not request.chains and not request.functions:
+        raise InvalidWarmup("invalid_warmup", "name at least one chain or function to warm")
+    return request
+
+
+class Warmer:
+    def __init__(self, *, node: str, store: StateStore, remote: RemoteStores, targets: TargetResolver,
+                 executor: Executor, metrics: HandlerMetrics, max_pairs: int) -> None:
+        self.node = node
+        self.store = store
+        self.remote = remote
+        self.targets = targets
+        self.executor = executor
+        self.metrics = metrics
+        self.max_pairs = max_pairs
+
+    def handle(self, event: BaseCloudEvent) -> WarmupReport:
+        request = parse_warmup(event)
+        nodes = [n for n in (request.nodes or tuple(self.targets.neighbors(self.node))) if n != self.node]
+        report = WarmupReport(nodes=nodes)
+        stores = {}
+        for node in nodes:
+            store = self.remote.store_for(node)
+            if store is None:
+                report.unreachable.append(node)
+            else:
+                stores[node] = store
+        # Per node in parallel: which pairs it has, at which version (one pipelined round trip).
+        futures = {node: self.executor.submit(self._remote_versions, store, request)
+                   for node, store in stores.items()}
+        remote_versions: dict[str, dict[tuple[str, str], int]] = {}
+        for node, future in futures.items():
+            try:
+                remote_versions[node], truncated = future.result()
+                report.truncated |= truncated
+            except StoreUnavailable as exc:
+                log.warning("warm-up: neighbour %s unreachable: %s", node, exc)
+                report.unreachable.append(node)
+        pairs = self._pairs(request, remote_versions)
+        if len(pairs) > self.max_pairs:
+            pairs, report.truncated = pairs[: self.max_pairs], True
+        local = self._local_versions(pairs)
+        report.checked = len(pairs)
+        for pair, local_version in zip(pairs, local):
+            best_node, best_version = None, 0
+            for node, versions in remote_versions.items():
+                if versions.get(pair, 0) > best_version:
+                    best_node, best_version = node, versions[pair]
+            if best_node is None:
+                report.missing += 1
+            elif best_version <= local_version:
+                report.current += 1
+            else:
+                outcome = self._refresh(stores[best_node], pair)
+                if outcome == "refreshed":
+                    report.refreshed += 1
+                    report.refreshed_pairs.append(f"{pair[0]}/{pair[1]}@{best_node}")
+                elif outcome == "failed":
+                    report.failed += 1
+                else:
+                    report.current += 1
+        self.metrics.warmup_refreshed.inc(report.refreshed)
+        log.info("warm-up refreshed %d of %d", report.refreshed, report.checked,
+                 extra={"refreshed": report.refreshed, "checked": report.checked, "nodes": nodes})
+        return report
+
+    def _pairs(self, request: WarmupRequest, remote: Mapping[str, Mapping[tuple[str, str], int]]) -> list[tuple[str, str]]:
+        if request.chains and request.functions:
+            return [(c, f) for c in request.chains for f in request.functions]
+        found: dict[tuple[str, str], None] = {}
+        for versions in remote.values():
+            found.update(dict.fromkeys(versions))
+        return sorted(found)
+
+    def _remote_versions(self, store: StateStore, request: WarmupRequest) -> tuple[dict[tuple[str, str], int], bool]:
+        truncated = False
+        if request.chains and request.functions:
+            pairs = [(c, f) for c in request.chains for f in request.functions][: self.max_pairs]
+        else:
+            patterns = ([keys.meta_key(c, "*") for c in request.chains] if request.chains
+                        else [keys.meta_key("*", f) for f in request.functions])
+            pairs, truncated = self._scan(store, patterns)
+        return self._versions(store, pairs), truncated
+
+    def _scan(self, store: StateStore, patterns: Sequence[str]) -> tuple[list[tuple[str, str]], bool]:
+        prefix = len(keys.meta_key("", "")) - 1  # "skylark:meta:"
+        found: dict[tuple[str, str], None] = {}
+        with unavailable_on_error("warm-up scan"):
+            for pattern in patterns:
+                for key in store.client.scan_iter(match=pattern, count=1000):
+                    chain, _, function = key.decode(errors="replace")[prefix:].partition(":")
+                    if NAME_PATTERN.fullmatch(chain) and NAME_PATTERN.fullmatch(function):
+                        found[(chain, function)] = None
+                    if len(found) >= self.max_pairs:
+                        return list(found), True
+        return list(found), False
+
+    @staticmethod
+    def _versions(store: StateStore, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """Live versions (tombstones and absent pairs left out), one round trip."""
+        if not pairs:
+            return {}
+        with unavailable_on_error("warm-up versions"):
+            pipe = store.client.pipeline(transaction=False)
+            for chain, function in pairs:
+                pipe.hmget(keys.meta_key(chain, function), ["version", "deleted"])
+            replies = pipe.execute()
+        return {pair: int(version) for pair, (version, deleted) in zip(pairs, replies)
+                if version is not None and deleted != b"1"}
+
+    def _local_versions(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """Local versions, counting tombstones: a deleted bundle is not brought back by an older copy."""
+        if not pairs:
+            return []
+        with unavailable_on_error("warm-up local versions"):
+            pipe = self.store.client.pipeline(transaction=False)
+            for chain, function in pairs:
+                pipe.hget(keys.meta_key(chain, function), "version")
+            return [int(v) if v is not None else 0 for v in pipe.execute()]
+
+    def _refresh(self, origin: StateStore, pair: tuple[str, str]) -> str:
+        """``refreshed``, ``current`` (the local copy caught up meanwhile) or ``failed``."""
+        try:
+            bundle = current_bundle(origin, *pair)
+        except (BundleNotFound, StoreUnavailable) as exc:
+            log.warning("warm-up: could not read %s/%s from %s: %s", *pair, origin.node, exc)
+            return "failed"
+        self.metrics.bytes_pulled.inc(bundle.meta.size)
+        try:
+            applied = self.store.apply(bundle).outcome is ApplyOutcome.APPLIED
+        except (ChecksumMismatch, BundleTooLarge) as exc:
+            log.warning("warm-up: %s/%s from %s not applied: %s", *pair, origin.node, exc)
+            return "failed"
+        return "refreshed" if applied else "current"
