@@ -58,7 +58,9 @@ class ServedApp:
 
     def start(self) -> "ServedApp":
         self._server = make_server("127.0.0.1", self.port, self._counting, threaded=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits up to one interval, and tests stop many servers.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
+                                        daemon=True)
         self._thread.start()
         return self
 
