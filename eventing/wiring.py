@@ -11,8 +11,16 @@ Everything here is pure except :func:`load_chart_values`, which reads the YAML f
 
 Names: the chart calls each object ``<release>-<name>``; pass ``prefix=f"{release}-"`` to get the
 chart's names, or leave it empty (the local broker) to get the bare names, where a subscriber's
-``ref.name`` is the service key itself (``handlers``, ``preprocess``, ``detect``, ``alarm``,
-``dead-letter``) — the key of the local service map {service name -> URL}.
+``ref.name`` is the service key itself — ``preprocess``, ``detect``, ``alarm``, ``dead-letter``, or
+``handlers-<node>`` (:func:`handlers_service`) — the key of the local service map
+{service name -> URL}.
+
+Per node: the handlers run once per node (they own that node's Redis), so a Trigger to them is
+``perNode``: it is expanded into one Trigger per node N, named ``<name>-<N>``, whose filter also
+requires ``skylarktarget=N`` and whose subscriber is ``handlers-<N>``. The nodes are the values'
+``nodes`` unless the caller names its own (``nodes=[...]``: e.g. the local cluster's simulated
+nodes, or just one node for a per-node local broker). The warm-up ping to the handlers is
+expanded the same way (without a filter).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from eventing import catalogue
 from skylark.errors import ConfigError
 
 # Services a Trigger subscriber or a sink may name (the Knative Services the chart renders).
@@ -33,6 +42,7 @@ PINGSOURCE_API_VERSION = "sources.knative.dev/v1"
 KSVC_API_VERSION = "serving.knative.dev/v1"
 
 _MAX_NAME = 63  # a Kubernetes object name (DNS-1123 label)
+_MAX_NODE_SLUG = 40
 
 
 def default_values_path() -> Path:
@@ -86,6 +96,29 @@ def object_name(name: str, prefix: str = "") -> str:
     return f"{prefix}{name}"[:_MAX_NAME].rstrip("-")
 
 
+def node_slug(node: str) -> str:
+    """A node name as a DNS-1123 fragment, as the chart's ``skylark.nodeSlug`` makes it."""
+    return node.lower().replace(".", "-").replace("_", "-")[:_MAX_NODE_SLUG].rstrip("-")
+
+
+def handlers_service(node: str) -> str:
+    """The service key of ``node``'s own handlers (Knative Service ``<release>-handlers-<node>``)."""
+    return f"handlers-{node_slug(node)}"
+
+
+def nodes_from_values(values: Mapping[str, Any]) -> list[str]:
+    """The node names of ``nodes`` (each entry needs a name and an address, as in the chart)."""
+    nodes = values.get("nodes")
+    if not nodes or not isinstance(nodes, list):
+        raise ConfigError("set nodes: one entry {name, address} per Kubernetes node")
+    names = []
+    for entry in nodes:
+        if not isinstance(entry, Mapping) or not entry.get("name") or not entry.get("address"):
+            raise ConfigError(f"every entry of nodes needs name and address, got {entry!r}")
+        names.append(str(entry["name"]))
+    return names
+
+
 def stream_from_values(values: Mapping[str, Any]) -> tuple[str, str]:
     """(change stream key, consumer group) the RedisStreamSources read."""
     stream = _mapping(values.get("stream"), "stream")
@@ -105,8 +138,12 @@ def broker_from_values(values: Mapping[str, Any]) -> str:
     return name
 
 
-def destination(dest: Any, *, what: str, prefix: str = "", values: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A Knative destination ({ref, uri}) from ``{service, path}`` or ``{uri}``, as the chart renders it."""
+def destination(dest: Any, *, what: str, prefix: str = "", values: Mapping[str, Any] | None = None,
+                node: str | None = None) -> dict[str, Any]:
+    """A Knative destination ({ref, uri}) from ``{service, path}`` or ``{uri}``, as the chart renders it.
+
+    ``{service: handlers}`` means ``node``'s own handlers, so it needs ``node``.
+    """
     dest = _mapping(dest, what)
     service = dest.get("service")
     if service:
@@ -115,6 +152,10 @@ def destination(dest: Any, *, what: str, prefix: str = "", values: Mapping[str, 
         if service == "dead-letter" and values is not None:
             if not _mapping(values.get("deadLetter"), "deadLetter").get("enabled"):
                 raise ConfigError(f"{what}: names the dead-letter service but deadLetter.enabled is false")
+        if service == "handlers":
+            if not node:
+                raise ConfigError(f"{what}: the handlers run once per node; a Trigger to them needs perNode: true")
+            service = handlers_service(node)
         out: dict[str, Any] = {
             "ref": {"apiVersion": KSVC_API_VERSION, "kind": "Service", "name": object_name(service, prefix)}
         }
@@ -145,12 +186,14 @@ def delivery(spec: Any, *, what: str, prefix: str = "", values: Mapping[str, Any
     return out
 
 
-def triggers_from_values(values: Mapping[str, Any], namespace: str = "default", *, prefix: str = "") -> list[dict[str, Any]]:
+def triggers_from_values(values: Mapping[str, Any], namespace: str = "default", *, prefix: str = "",
+                         nodes: list[str] | None = None) -> list[dict[str, Any]]:
     """The Knative Trigger objects of ``eventing.triggers``, shaped exactly as the chart renders them.
 
     Each: apiVersion eventing.knative.dev/v1, kind Trigger, metadata {name, namespace}, spec {broker,
     filter.attributes (string values), subscriber {ref to a serving.knative.dev/v1 Service, uri
     path if given}, delivery (the trigger's own, else eventing.delivery; omitted when empty)}.
+    ``perNode`` triggers come once per node of ``nodes`` (default: the values' nodes), in order.
     """
     eventing = _mapping(values.get("eventing"), "eventing")
     broker = broker_from_values(values)
@@ -166,38 +209,50 @@ def triggers_from_values(values: Mapping[str, Any], namespace: str = "default", 
         what = f"eventing.triggers[{index}] ({name or '?'})"
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{what}: needs a name")
-        if name in seen:
-            raise ConfigError(f"{what}: duplicate trigger name")
-        seen.add(name)
         attributes = _mapping(trigger.get("filter"), f"{what}.filter").get("attributes")
         if not attributes or not isinstance(attributes, Mapping):
             raise ConfigError(f"{what}: needs filter.attributes (an empty filter would deliver every event)")
-        spec: dict[str, Any] = {
-            "broker": broker,
-            "filter": {"attributes": {str(k): str(v) for k, v in attributes.items()}},
-            "subscriber": destination(trigger.get("subscriber"), what=what, prefix=prefix, values=values),
-        }
-        trigger_delivery = delivery(
-            trigger.get("delivery") or default_delivery, what=what, prefix=prefix, values=values
-        )
-        if trigger_delivery:
-            spec["delivery"] = trigger_delivery
-        out.append(
-            {
-                "apiVersion": TRIGGER_API_VERSION,
-                "kind": "Trigger",
-                "metadata": {"name": object_name(name, prefix), "namespace": namespace},
-                "spec": spec,
+        per_node: list[str | None] = [None]
+        if trigger.get("perNode"):
+            per_node = list(nodes) if nodes is not None else nodes_from_values(values)
+        for node in per_node:
+            trigger_name = name if node is None else f"{name}-{node_slug(node)}"
+            if trigger_name in seen:
+                raise ConfigError(f"{what}: duplicate trigger name {trigger_name!r}")
+            seen.add(trigger_name)
+            filter_attributes = {str(k): str(v) for k, v in attributes.items()}
+            if node is not None:
+                filter_attributes[catalogue.EXT_TARGET] = node
+            spec: dict[str, Any] = {
+                "broker": broker,
+                # Sorted like Helm's template output (Go ranges over map keys in order).
+                "filter": {"attributes": dict(sorted(filter_attributes.items()))},
+                "subscriber": destination(trigger.get("subscriber"), what=what, prefix=prefix, values=values,
+                                          node=node),
             }
-        )
+            trigger_delivery = delivery(
+                trigger.get("delivery") or default_delivery, what=what, prefix=prefix, values=values
+            )
+            if trigger_delivery:
+                spec["delivery"] = trigger_delivery
+            out.append(
+                {
+                    "apiVersion": TRIGGER_API_VERSION,
+                    "kind": "Trigger",
+                    "metadata": {"name": object_name(trigger_name, prefix), "namespace": namespace},
+                    "spec": spec,
+                }
+            )
     return out
 
 
-def pingsource_from_values(values: Mapping[str, Any], namespace: str = "default", *, prefix: str = "") -> dict[str, Any] | None:
-    """The warm-up PingSource of ``ping`` as the chart renders it, or None when ``ping.enabled`` is false."""
+def pingsources_from_values(values: Mapping[str, Any], namespace: str = "default", *, prefix: str = "",
+                            nodes: list[str] | None = None) -> list[dict[str, Any]]:
+    """The PingSources of ``ping`` as the chart renders them: none when ``ping.enabled`` is false,
+    one per node (``<name>-<node>`` -> ``handlers-<node>``) when the sink is the handlers, else one."""
     ping = _mapping(values.get("ping"), "ping")
     if not ping.get("enabled"):
-        return None
+        return []
     for key in ("name", "schedule"):
         if not ping.get(key):
             raise ConfigError(f"ping.{key} must be set")
@@ -208,13 +263,22 @@ def pingsource_from_values(values: Mapping[str, Any], namespace: str = "default"
         spec["contentType"] = str(ping["contentType"])
     if ping.get("data"):
         spec["data"] = str(ping["data"])
-    spec["sink"] = destination(ping.get("sink"), what="ping.sink", prefix=prefix, values=values)
-    return {
-        "apiVersion": PINGSOURCE_API_VERSION,
-        "kind": "PingSource",
-        "metadata": {"name": object_name(str(ping["name"]), prefix), "namespace": namespace},
-        "spec": spec,
-    }
+    sink = _mapping(ping.get("sink"), "ping.sink")
+    per_node: list[str | None] = [None]
+    if sink.get("service") == "handlers":
+        per_node = list(nodes) if nodes is not None else nodes_from_values(values)
+    out = []
+    for node in per_node:
+        name = str(ping["name"]) if node is None else f"{ping['name']}-{node_slug(node)}"
+        out.append(
+            {
+                "apiVersion": PINGSOURCE_API_VERSION,
+                "kind": "PingSource",
+                "metadata": {"name": object_name(name, prefix), "namespace": namespace},
+                "spec": {**spec, "sink": destination(sink, what="ping.sink", prefix=prefix, values=values, node=node)},
+            }
+        )
+    return out
 
 
 def _mapping(value: Any, what: str) -> Mapping[str, Any]:

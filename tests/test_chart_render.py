@@ -179,6 +179,8 @@ def test_core_validation_is_strict():
         (["eventing.triggers[0].name=x", "eventing.triggers[0].subscriber.service=handlers"],
          "needs filter.attributes"),
         (["deadLetter.enabled=false"], "deadLetter.enabled is false"),
+        (["eventing.triggers[0].name=x", "eventing.triggers[0].subscriber.service=handlers",
+          "eventing.triggers[0].filter.attributes.type=t"], "needs perNode: true"),
         (["eventing.delivery.backoffPolicy=sometimes"], "must be linear or exponential"),
         (["nodes[0].name=a"], "needs name and address"),
     ],

@@ -20,10 +20,11 @@ from chart_fixtures import (
     of_kind,
     rendered,
 )
+from eventing.wiring import handlers_service
 from skylark import keys
 from skylark.settings import Settings
 
-SKYLARK_SERVICES = ("handlers", "preprocess", "detect", "alarm")
+FUNCTIONS = ("preprocess", "detect", "alarm")
 ALLOWED_VERBS = {"get", "list", "watch"}
 ALLOWED_RESOURCES = {"nodes", "pods"}
 
@@ -69,14 +70,26 @@ def test_triggers_use_the_rendered_broker(case):
         assert trigger["spec"]["broker"] == brokers[0]["metadata"]["name"], label(trigger)
 
 
+def _handlers_name(node: str) -> str:
+    return f"{RELEASE}-{handlers_service(node)}"
+
+
 def test_the_workflow_is_wired(case):
-    """The required routes exist: propagation to the handlers and preprocess -> detect -> alarm."""
-    _, objects = case
+    """The required routes exist: propagation to each node's own handlers (by skylarktarget) and
+    preprocess -> detect -> alarm."""
+    values, objects = case
+    triggers = of_kind(objects, "Trigger")
+    propagation = {
+        t["spec"]["filter"]["attributes"].get("skylarktarget"): t["spec"]["subscriber"]
+        for t in triggers if t["spec"]["filter"]["attributes"]["type"] == "io.skylark.bundle.propagated"
+    }
+    assert set(propagation) == {n["name"] for n in values["nodes"]}, "one propagation Trigger per node"
+    for node, subscriber in propagation.items():
+        assert subscriber["ref"]["name"] == _handlers_name(node)
     routes = {
         t["spec"]["filter"]["attributes"]["type"]: t["spec"]["subscriber"]["ref"]["name"]
-        for t in of_kind(objects, "Trigger")
+        for t in triggers if t["spec"]["filter"]["attributes"]["type"] != "io.skylark.bundle.propagated"
     }
-    assert routes["io.skylark.bundle.propagated"] == f"{RELEASE}-handlers"
     assert routes["io.skylark.image.submitted"] == f"{RELEASE}-preprocess"
     assert routes["io.skylark.preprocess.completed"] == f"{RELEASE}-detect"
     assert routes["io.skylark.detect.completed"] == f"{RELEASE}-alarm"
@@ -98,6 +111,7 @@ def test_one_stream_source_per_node_reading_that_nodes_redis(case):
         assert spec["stream"] == keys.DEFAULT_CHANGE_STREAM, "the stream the state library writes"
         assert spec["group"] == values["stream"]["group"] != ""
         assert spec["consumers"] >= 1
+        assert spec["sink"]["ref"]["name"] == _handlers_name(node["name"]), "that node's own handlers"
 
 
 def test_the_stream_matches_the_services_setting(case):
@@ -163,7 +177,8 @@ def test_secret_holds_the_keys_the_services_read(case):
 def test_every_knative_service_exposes_one_port_and_the_knative_contract(case):
     values, objects = case
     ksvcs = {o["metadata"]["name"]: o for o in knative_services(objects)}
-    assert {f"{RELEASE}-{key}" for key in SKYLARK_SERVICES} <= set(ksvcs)
+    expected = {f"{RELEASE}-{key}" for key in FUNCTIONS} | {_handlers_name(n["name"]) for n in values["nodes"]}
+    assert expected <= set(ksvcs)
     for name, ksvc in ksvcs.items():
         [container] = ksvc["spec"]["template"]["spec"]["containers"]
         assert len(container["ports"]) == 1, f"{name}: Knative allows exactly one port"
@@ -182,9 +197,11 @@ def test_skylark_services_probe_health_and_get_settings(case):
     broker_url = (
         f"http://broker-ingress.knative-eventing.svc.cluster.local/{NAMESPACE}/{values['eventing']['brokerName']}"
     )
-    for key in SKYLARK_SERVICES:
+    services = [(key, f"{RELEASE}-{key}", None) for key in FUNCTIONS]
+    services += [("handlers", _handlers_name(n["name"]), n) for n in values["nodes"]]
+    for key, name, node in services:
         svc_values = values["services"][key]
-        ksvc = ksvcs[f"{RELEASE}-{key}"]
+        ksvc = ksvcs[name]
         template = ksvc["spec"]["template"]
         [container] = template["spec"]["containers"]
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -193,7 +210,9 @@ def test_skylark_services_probe_health_and_get_settings(case):
         assert container["envFrom"] == [{"configMapRef": {"name": f"{RELEASE}-config"}}]
         env = {e["name"]: e for e in container["env"]}
         assert env["K_SINK"]["value"] == broker_url
-        if values["knative"]["nodeNameFromDownwardAPI"]:
+        if node is not None:
+            assert env["SKYLARK_NODE"] == {"name": "SKYLARK_NODE", "value": node["name"]}
+        elif values["knative"]["nodeNameFromDownwardAPI"]:
             assert env["SKYLARK_NODE"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
         else:
             assert "SKYLARK_NODE" not in env
@@ -204,8 +223,13 @@ def test_skylark_services_probe_health_and_get_settings(case):
         assert annotations["autoscaling.knative.dev/max-scale"] == str(svc_values["maxScale"])
         image = container["image"]
         assert image.startswith(values["image"]["registry"] + "/") and image.rsplit(":", 1)[1]
-        for placement in ("nodeSelector", "affinity", "tolerations"):
+        for placement in ("affinity", "tolerations"):
             assert template["spec"].get(placement) == (svc_values[placement] or None), (key, placement)
+        node_selector = dict(svc_values["nodeSelector"])
+        if node is not None:
+            # Pinned to its node (the handlers own that node's Redis).
+            node_selector["kubernetes.io/hostname"] = node.get("hostname", node["name"])
+        assert template["spec"].get("nodeSelector") == (node_selector or None), (name, "nodeSelector")
         visibility = ksvc["metadata"]["labels"].get("networking.knative.dev/visibility")
         assert visibility == (values["knative"]["visibility"] or None)
 
@@ -285,10 +309,12 @@ def test_pingsource_warms_up_the_handlers(case):
     if not values["ping"]["enabled"]:
         assert pings == []
         return
-    [ping] = pings
-    assert ping["spec"]["schedule"] == values["ping"]["schedule"]
-    assert ping["spec"]["data"] == values["ping"]["data"]
-    assert ping["spec"]["sink"]["ref"]["name"] == f"{RELEASE}-handlers"
+    assert len(pings) == len(values["nodes"]), "one warm-up per node's handlers"
+    sinks = {p["metadata"]["annotations"]["skylark.io/node"]: p["spec"]["sink"]["ref"]["name"] for p in pings}
+    assert sinks == {n["name"]: _handlers_name(n["name"]) for n in values["nodes"]}
+    for ping in pings:
+        assert ping["spec"]["schedule"] == values["ping"]["schedule"]
+        assert ping["spec"]["data"] == values["ping"]["data"]
 
 
 def _configmap(objects) -> dict[str, str]:

@@ -16,7 +16,8 @@ from eventing.wiring import (
     load_chart_values,
     merge_values,
     object_name,
-    pingsource_from_values,
+    handlers_service,
+    pingsources_from_values,
     stream_from_values,
     triggers_from_values,
 )
@@ -52,7 +53,8 @@ def test_unprefixed_triggers_name_the_service_keys(values_file):
     assert [t["metadata"]["name"] for t in local] == [t["metadata"]["name"].removeprefix(PREFIX) for t in chart]
     for mine, theirs in zip(local, chart):
         assert mine["spec"]["filter"] == theirs["spec"]["filter"]
-        assert mine["spec"]["subscriber"]["ref"]["name"] in SERVICE_KEYS
+        ref_name = mine["spec"]["subscriber"]["ref"]["name"]
+        assert ref_name in SERVICE_KEYS or ref_name in {handlers_service(n["name"]) for n in values["nodes"]}
         assert PREFIX + mine["spec"]["subscriber"]["ref"]["name"] == theirs["spec"]["subscriber"]["ref"]["name"]
         assert mine["spec"]["subscriber"].get("uri") == theirs["spec"]["subscriber"].get("uri")
         assert (mine["spec"].get("delivery", {}).get("retry"), mine["spec"].get("delivery", {}).get("backoffDelay")) == (
@@ -63,8 +65,7 @@ def test_unprefixed_triggers_name_the_service_keys(values_file):
 def test_rendered_pingsource_equals_pingsource_from_values(values_file):
     values = merged_values(values_file)
     pings = [_comparable(p) for p in of_kind(rendered(values_file), "PingSource")]
-    expected = pingsource_from_values(values, NAMESPACE, prefix=PREFIX)
-    assert pings == ([] if expected is None else [expected])
+    assert pings == pingsources_from_values(values, NAMESPACE, prefix=PREFIX)
 
 
 @pytest.mark.parametrize("values_file", VALUES_CASES, ids=case_id)
@@ -87,18 +88,35 @@ def test_defaults_load_from_the_chart_in_the_repository():
     assert stream_from_values(values) == (keys.DEFAULT_CHANGE_STREAM, "skylark-handlers")
     routes = {t["spec"]["filter"]["attributes"]["type"]: t["spec"]["subscriber"] for t in triggers_from_values(values)}
     assert routes[catalogue.BUNDLE_PROPAGATED] == {
-        "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "handlers"}, "uri": "/"}
+        "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "handlers-edge-1"}, "uri": "/"}
     assert routes[catalogue.IMAGE_SUBMITTED]["ref"]["name"] == "preprocess"
     assert routes[catalogue.PREPROCESS_COMPLETED]["ref"]["name"] == "detect"
     assert routes[catalogue.DETECT_COMPLETED]["ref"]["name"] == "alarm"
     [first, *_] = triggers_from_values(values, "ns")
     assert first["apiVersion"] == "eventing.knative.dev/v1" and first["kind"] == "Trigger"
-    assert first["metadata"] == {"name": "bundle-propagated", "namespace": "ns"}
+    assert first["metadata"] == {"name": "bundle-propagated-edge-1", "namespace": "ns"}
+    assert first["spec"]["filter"]["attributes"] == {"type": catalogue.BUNDLE_PROPAGATED, "skylarktarget": "edge-1"}
     assert first["spec"]["broker"] == "skylark"
     assert first["spec"]["delivery"] == {
         "retry": 5, "backoffPolicy": "exponential", "backoffDelay": "PT0.2S",
         "deadLetterSink": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "dead-letter"}},
     }
+
+
+def test_per_node_triggers_for_callers_own_nodes():
+    """The local cluster passes its simulated nodes; a per-node local broker passes just its own."""
+    values = load_chart_values()
+    triggers = triggers_from_values(values, nodes=["node-a", "Node_B.x"])
+    propagation = [t for t in triggers if t["spec"]["filter"]["attributes"]["type"] == catalogue.BUNDLE_PROPAGATED]
+    assert [t["metadata"]["name"] for t in propagation] == ["bundle-propagated-node-a", "bundle-propagated-node-b-x"]
+    assert [t["spec"]["filter"]["attributes"]["skylarktarget"] for t in propagation] == ["node-a", "Node_B.x"]
+    assert [t["spec"]["subscriber"]["ref"]["name"] for t in propagation] == ["handlers-node-a", "handlers-node-b-x"]
+    assert len(triggers) == len(propagation) + 3, "the other triggers are not per node"
+    [only] = [t for t in triggers_from_values(values, nodes=["node-a"]) if t["spec"]["subscriber"]["ref"]["name"].startswith("handlers")]
+    assert only["spec"]["filter"]["attributes"]["skylarktarget"] == "node-a"
+    pings = pingsources_from_values(values, nodes=["node-a", "node-b"])
+    assert [p["spec"]["sink"]["ref"]["name"] for p in pings] == ["handlers-node-a", "handlers-node-b"]
+    assert [p["metadata"]["name"] for p in pings] == ["warmup-node-a", "warmup-node-b"]
 
 
 def test_trigger_types_are_in_the_catalogue():
@@ -134,6 +152,9 @@ def _with_trigger(**trigger) -> dict:
         (_with_trigger(name="x", subscriber={"service": "handlers"}), "needs filter.attributes"),
         (_with_trigger(filter={"attributes": {"type": "t"}}, subscriber={"service": "handlers"}), "needs a name"),
         (_with_trigger(name="x", filter={"attributes": {"type": "t"}}, subscriber={}), "needs either service or uri"),
+        (_with_trigger(name="x", filter={"attributes": {"type": "t"}}, subscriber={"service": "handlers"}),
+         "needs perNode"),
+        (merge_values(load_chart_values(), {"nodes": []}), "set nodes"),
         (_with_trigger(name="x", filter={"attributes": {"type": "t"}}, subscriber={"service": "alarm"},
                        delivery={"backoffPolicy": "sometimes"}), "linear or exponential"),
         (_with_trigger(name="x", filter={"attributes": {"type": "t"}}, subscriber={"service": "alarm"},
@@ -152,8 +173,8 @@ def test_bad_stream_and_ping_are_rejected():
     with pytest.raises(ConfigError, match="stream.group"):
         stream_from_values({"stream": {"key": "skylark:changes"}})
     with pytest.raises(ConfigError, match="ping.schedule"):
-        pingsource_from_values({"ping": {"enabled": True, "name": "w", "sink": {"service": "handlers"}}})
-    assert pingsource_from_values({"ping": {"enabled": False}}) is None
+        pingsources_from_values({"ping": {"enabled": True, "name": "w", "sink": {"service": "handlers"}}})
+    assert pingsources_from_values({"ping": {"enabled": False}}) == []
 
 
 def test_load_chart_values_errors_are_clear(tmp_path: Path):

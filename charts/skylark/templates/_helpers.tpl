@@ -59,12 +59,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "http://broker-ingress.knative-eventing.svc.cluster.local/%s/%s" .Release.Namespace .Values.eventing.brokerName -}}
 {{- end -}}
 
-{{/* The services a subscriber / sink may name. */}}
+{{/* The services a subscriber / sink may name. "handlers" are per node (see "skylark.destination"). */}}
 {{- define "skylark.serviceKeys" -}}handlers preprocess detect alarm dead-letter{{- end -}}
+
+{{/* The Knative Service key of a node's own handlers. */}}
+{{- define "skylark.handlersKey" -}}{{ printf "handlers-%s" (include "skylark.nodeSlug" .) }}{{- end -}}
 
 {{/*
 A Knative Service destination (Trigger subscriber, source sink, dead-letter sink):
-(dict "root" $ "dest" {service, path} | {uri} "what" "trigger x").
+(dict "root" $ "dest" {service, path} | {uri} "what" "trigger x" "node" <node name, optional>).
+The handlers run once per node, so {service: handlers} needs the node it is meant for.
 Fails on a service key the chart does not render.
 */}}
 {{- define "skylark.destination" -}}
@@ -76,10 +80,17 @@ Fails on a service key the chart does not render.
 {{- if and (eq $dest.service "dead-letter") (not .root.Values.deadLetter.enabled) -}}
 {{- fail (printf "%s: names the dead-letter service but deadLetter.enabled is false" .what) -}}
 {{- end -}}
+{{- $key := $dest.service -}}
+{{- if eq $dest.service "handlers" -}}
+{{- if not .node -}}
+{{- fail (printf "%s: the handlers run once per node; a Trigger to them needs perNode: true" .what) -}}
+{{- end -}}
+{{- $key = include "skylark.handlersKey" .node -}}
+{{- end -}}
 ref:
   apiVersion: serving.knative.dev/v1
   kind: Service
-  name: {{ include "skylark.name" (dict "root" .root "name" $dest.service) }}
+  name: {{ include "skylark.name" (dict "root" .root "name" $key) }}
 {{- if $dest.path }}
 uri: {{ $dest.path | quote }}
 {{- end }}
