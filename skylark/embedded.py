@@ -68,7 +68,8 @@ class EmbeddedRedis:
     """One redis-server child process. Use as a context manager, or ``start()`` / ``stop()``."""
 
     port: int = 0
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # where clients (and the readiness probe) connect
+    bind: str | None = None  # where the server listens (default: host)
     password: str | None = None
     binary: str | None = None
     extra_args: tuple[str, ...] = ()
@@ -97,7 +98,7 @@ class EmbeddedRedis:
         args = [
             binary,
             "--port", str(self.port),
-            "--bind", self.host,
+            "--bind", self.bind or self.host,
             "--save", "",
             "--appendonly", "no",
             "--dir", self._dir.name,
