@@ -165,28 +165,27 @@ def normalise(data: bytes, options: ImageOptions) -> Normalised:
     """Decode ``data`` and normalise it (see the module doc). Raises InvalidImage / ImageTooLarge."""
     image = _open(data, options)
     fmt, mode = image.format or "?", image.mode
-    try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-    except (OSError, ValueError, SyntaxError, struct.error):
-        orientation = 1  # unreadable EXIF: keep the pixels as stored
     raw_w, raw_h = image.size
-    orig_w, orig_h = (raw_h, raw_w) if orientation in _SWAPS_AXES else (raw_w, raw_h)
-    longest = max(orig_w, orig_h)
-
+    longest = max(raw_w, raw_h)  # the same after an EXIF rotation
     tiled = options.tile_max_side > options.size and longest > 2 * options.size
     working_longest = min(longest, options.tile_max_side) if tiled else options.size
     try:
         # JPEG only: let the decoder scale down by 1/2..1/8 in the DCT (much faster than a full
         # decode), never below what we need; and decode straight to grayscale.
         image.draft("L", _fit(raw_w, raw_h, min(working_longest, longest)))
-        image.load()
-        if orientation != 1:
-            image = ImageOps.exif_transpose(image)
-        gray = image.convert("L")
+        image.load()  # before reading EXIF: for PNG, getexif() would load (and hide errors)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(str(exc)) from None
     except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error) as exc:
         raise InvalidImage(f"corrupt or truncated image: {exc}") from None
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError, struct.error):
+        orientation = 1  # unreadable EXIF: keep the pixels as stored
+    if orientation != 1:
+        image = ImageOps.exif_transpose(image)
+    orig_w, orig_h = (raw_h, raw_w) if orientation in _SWAPS_AXES else (raw_w, raw_h)
+    gray = image.convert("L")
 
     overview = ImageOps.equalize(_resize(gray, _fit(orig_w, orig_h, options.size)))
     tiles: tuple[Tile, ...] = ()

@@ -52,7 +52,7 @@ def derived_chain(event: BaseCloudEvent) -> str:
     candidate = f"ping-{event.get_id()}"
     if NAME_PATTERN.fullmatch(candidate):
         return candidate
-    return "ping-" + xxhash.xxh3_64_hexdigest(f"{event.get_source()}\n{event.get_id()}")
+    return "ping-" + xxhash.xxh3_64_hexdigest(f"{event.get_source()}\n{event.get_id()}".encode())
 
 
 def _ref(raw: object, default_chain: str) -> StateRef:

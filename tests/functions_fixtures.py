@@ -1,0 +1,144 @@
+"""Fixtures and helpers of the example-function tests: sample images, real HTTP servers, events.
+
+Images: real photographs shipped in scikit-image's wheel (``skimage.data``: astronaut has a
+face, chelsea is a cat) and synthetic ones (flat gray, noise), encoded with Pillow.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+import requests
+from cloudevents.core.base import BaseCloudEvent
+from flask import Flask, Response, request
+from PIL import Image
+from skimage import data as skdata
+from werkzeug.serving import make_server
+
+from eventing import catalogue
+from eventing.http import new_event, parse, to_binary
+
+# Where the astronaut's (Eileen Collins') face is in skimage.data.astronaut() (512×512), checked
+# by eye on the image: the detections must overlap this box.
+ASTRONAUT_FACE = (175, 55, 100, 110)  # x, y, w, h
+
+
+def encode(array: np.ndarray, fmt: str = "JPEG", **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def astronaut() -> np.ndarray:
+    return skdata.astronaut()
+
+
+def chelsea() -> np.ndarray:
+    return skdata.chelsea()
+
+
+def blank(width: int = 512, height: int = 512) -> np.ndarray:
+    return np.full((height, width), 128, np.uint8)
+
+
+def noise(width: int = 512, height: int = 512, seed: int = 7) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
+
+
+def submitted(chain: str, image: bytes, **data) -> BaseCloudEvent:
+    """An ``io.skylark.image.submitted`` event with the image inline (base64)."""
+    return new_event(catalogue.IMAGE_SUBMITTED, "/tests/client",
+                     {"chain": chain, "image_base64": base64.b64encode(image).decode(), **data})
+
+
+def overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over the smaller box's area."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    h = max(0, min(ay + ah, by + bh) - max(ay, by))
+    return w * h / min(aw * ah, bw * bh)
+
+
+class Server:
+    """A WSGI app on 127.0.0.1:<free port> in a thread (real HTTP)."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self._server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._thread.join(5)
+        self._server.server_close()
+        function = self.app.extensions.get("skylark.function")
+        if function is not None:
+            function.stop()
+
+
+@pytest.fixture()
+def serve() -> Iterator[Callable[[Flask], Server]]:
+    """``serve(app)`` → a running :class:`Server`; all are stopped at the end of the test."""
+    started: list[Server] = []
+
+    def start(app: Flask) -> Server:
+        server = Server(app)
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()
+
+
+def post_event(url: str, event: BaseCloudEvent, timeout: float = 30.0) -> requests.Response:
+    headers, body = to_binary(event)
+    return requests.post(url, data=body, headers=headers, timeout=timeout)
+
+
+def reply_event(response: requests.Response) -> BaseCloudEvent:
+    """The result event a function replied with (no K_SINK: 200, binary mode)."""
+    assert response.status_code == 200, response.text
+    return parse(dict(response.headers), response.content)
+
+
+@dataclass
+class Recorder:
+    """A real HTTP receiver that keeps every CloudEvent posted to it (a sink / dead-letter sink)."""
+
+    events: list[BaseCloudEvent] = field(default_factory=list)
+    status: int = 202
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _arrived: threading.Condition | None = None
+
+    def __post_init__(self) -> None:
+        self._arrived = threading.Condition(self._lock)
+
+    def app(self) -> Flask:
+        app = Flask("recorder")
+
+        @app.post("/", defaults={"path": ""})
+        @app.post("/<path:path>")
+        def receive(path: str) -> Response:
+            event = parse(request.headers, request.get_data())
+            with self._arrived:
+                self.events.append(event)
+                self._arrived.notify_all()
+            return Response(status=self.status)
+
+        return app
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[BaseCloudEvent]:
+        with self._arrived:
+            self._arrived.wait_for(lambda: len(self.events) >= count, timeout)
+            return list(self.events)
