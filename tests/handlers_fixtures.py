@@ -1,7 +1,7 @@
 """A few Skylark nodes on 127.0.0.1 for the handlers tests and the propagate benchmark.
 
 Each node has its own real redis-server, its own handlers app on a real HTTP server (werkzeug,
-threaded) and its own local broker serving the chart's ``bundle-propagated`` Trigger; optionally
+threaded) and its own local broker serving the chart's per-node ``bundle-propagated`` Trigger; optionally
 a local stream source that feeds the node's change stream to its handlers, as a
 RedisStreamSource would. Targets come from an in-process topology and the real election
 policies (``handlers.targets.PolicyTargets``).
@@ -9,7 +9,6 @@ policies (``handlers.targets.PolicyTargets``).
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +19,7 @@ import requests
 from flask import Flask
 from werkzeug.serving import make_server
 
-from eventing import wiring
+from eventing import catalogue
 from eventing.broker.local import LocalBroker
 from eventing.source import StreamSource
 from handlers.app import Services, create_app, services_of
@@ -34,16 +33,21 @@ from skylark.redis_client import connect
 from skylark.settings import Settings
 from skylark.store import StateStore
 
-BUNDLE_TRIGGER = "bundle-propagated"
-
-
-def chart_bundle_trigger() -> dict:
-    """The chart's own Trigger for propagated bundles, minus its dead-letter sink (none here)."""
-    values = copy.deepcopy(wiring.load_chart_values())
-    values["eventing"]["triggers"] = [t for t in values["eventing"]["triggers"] if t["name"] == BUNDLE_TRIGGER]
-    values["eventing"].get("delivery", {}).pop("deadLetterSink", None)
-    (trigger,) = wiring.triggers_from_values(values)
-    return trigger
+def bundle_trigger(node: str) -> dict:
+    """The Trigger the chart renders per node for propagated bundles (``bundle-propagated-<node>``),
+    with the handlers of that node as subscriber and without the chart's dead-letter sink."""
+    return {
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Trigger",
+        "metadata": {"name": f"bundle-propagated-{node}", "namespace": "default"},
+        "spec": {
+            "broker": "skylark",
+            "filter": {"attributes": {"type": catalogue.BUNDLE_PROPAGATED, "skylarktarget": node}},
+            "subscriber": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+                                   "name": "handlers"}, "uri": "/"},
+            "delivery": {"retry": 5, "backoffPolicy": "exponential", "backoffDelay": "PT0.2S"},
+        },
+    }
 
 
 class ServerThread:
@@ -157,7 +161,7 @@ def start_cluster(names: Sequence[str], links: Sequence[tuple[str, str]], *,
             cluster.closers.append(services_of(app).close)
             server = ServerThread(app)
             cluster.closers.append(server.stop)
-            broker = LocalBroker([chart_bundle_trigger()], {"handlers": server.url}).start()
+            broker = LocalBroker([bundle_trigger(name)], {"handlers": server.url}).start()
             cluster.closers.append(broker.stop)
             cluster.nodes[name] = SimNode(name, redis_server, store, app, server, broker)
         holder.topology = Topology(
