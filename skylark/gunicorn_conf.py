@@ -7,7 +7,10 @@ and a graceful stop on SIGTERM: gunicorn stops accepting, lets in-flight request
 
 import os
 
-bind = f"{os.environ.get('SKYLARK_BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
+# SKYLARK_BIND (comma-separated host:port list) is for the local cluster, which binds a service
+# to several management addresses at once; everywhere else it is $PORT on all interfaces.
+bind = (os.environ["SKYLARK_BIND"].split(",") if os.environ.get("SKYLARK_BIND")
+        else f"{os.environ.get('SKYLARK_BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}")
 workers = int(os.environ.get("SKYLARK_WORKERS", "2"))
 threads = int(os.environ.get("SKYLARK_THREADS", "8"))
 worker_class = "gthread"
