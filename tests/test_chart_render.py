@@ -117,6 +117,8 @@ def test_names_are_dns_labels_and_unique(case):
     for obj in objects:
         name = obj["metadata"]["name"]
         assert len(name) <= 63 and DNS_LABEL.match(name), f"{label(obj)}: not a DNS-1123 label"
+        if obj["apiVersion"] == "serving.knative.dev/v1":
+            assert len(name) <= 57, f"{label(obj)}: its revision names <name>-00001 would pass 63"
         key = (obj["apiVersion"], obj["kind"], name)
         assert key not in seen, f"{label(obj)} rendered twice"
         seen.add(key)
@@ -183,6 +185,7 @@ def test_core_validation_is_strict():
           "eventing.triggers[0].filter.attributes.type=t"], "needs perNode: true"),
         (["eventing.delivery.backoffPolicy=sometimes"], "must be linear or exponential"),
         (["nodes[0].name=a"], "needs name and address"),
+        (["nodes[0].name=" + "n" * 40, "nodes[0].address=10.0.0.1"], "longer than 57 characters"),
     ],
 )
 def test_bad_values_fail_with_a_message(sets, message):
