@@ -15,6 +15,7 @@ import pytest
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from eventing.broker.local import QuietRequestHandler
 from skylark.embedded import free_port
 
 # --- What knative-extensions/eventing-redis's adapter POSTs for one entry (binary mode) ------------
@@ -104,7 +105,8 @@ class Sink:
         return Response(body, status=status, headers=headers)(environ, start_response)
 
     def start(self) -> "Sink":
-        self._server = make_server("127.0.0.1", self.port, self._app, threaded=True)
+        self._server = make_server("127.0.0.1", self.port, self._app, threaded=True,
+                                   request_handler=QuietRequestHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
         self._thread.start()

@@ -6,11 +6,18 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from eventing.broker.app import EXTENSION_KEY, BrokerConfig, create_app
 from eventing.broker.dispatcher import BrokerStats, Dispatcher
 from eventing.broker.triggers import Trigger
+
+
+class QuietRequestHandler(WSGIRequestHandler):
+    """No access-log line per request (the broker counts and logs what matters itself)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
 
 
 class LocalBroker:
@@ -30,7 +37,7 @@ class LocalBroker:
         self.app = create_app(self.config, triggers=list(triggers) if triggers is not None else None,
                               services=self.config.services)
         self.dispatcher: Dispatcher = self.app.extensions[EXTENSION_KEY]
-        self._server = make_server(host, port, self.app, threaded=True)
+        self._server = make_server(host, port, self.app, threaded=True, request_handler=QuietRequestHandler)
         self.host = host
         self.port = self._server.server_port
         self._thread: threading.Thread | None = None
