@@ -185,10 +185,16 @@ def test_core_validation_is_strict():
           "eventing.triggers[0].filter.attributes.type=t"], "needs perNode: true"),
         (["eventing.delivery.backoffPolicy=sometimes"], "must be linear or exponential"),
         (["nodes[0].name=a"], "needs name and address"),
-        (["nodes[0].name=" + "n" * 40, "nodes[0].address=10.0.0.1"], "longer than 57 characters"),
     ],
 )
 def test_bad_values_fail_with_a_message(sets, message):
     result = helm_template(None, set_values=sets)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def test_knative_service_names_that_would_break_revisions_are_refused():
+    long_node = ["nodes[0].name=" + "n" * 40, "nodes[0].address=10.0.0.1"]
+    assert helm_template(None, set_values=long_node).returncode == 0, "57 characters still fit"
+    result = helm_template(None, set_values=long_node, release="skylark2")
+    assert result.returncode != 0 and "longer than 57 characters" in result.stderr, result.stderr
