@@ -283,6 +283,9 @@ class FakeKubeApi:
 
         def events() -> Iterator[bytes]:
             deadline = time.monotonic() + timeout_s
+            # Like the real API server, send the status line and headers at once (werkzeug
+            # sends them on the first chunk, even an empty one).
+            yield b""
             try:
                 while time.monotonic() < deadline and not self.closed.is_set():
                     try:

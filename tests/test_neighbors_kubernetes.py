@@ -14,7 +14,6 @@ from neighbors_service.sources.kubernetes import KubernetesTopologySource, build
 from skylark.embedded import free_port
 from skylark.settings import Settings
 from neighbors_fixtures import (  # noqa: F401 - fixtures
-    ServedApp,
     fake_kube,
     k8s_node,
     k8s_redis_pod,

@@ -385,6 +385,14 @@ class KubernetesTopologySource:
         self._stop.set()
         for watcher in list(self._watches.values()):
             watcher.stop()
+            # Watch.stop() only takes effect at the next event; shutting the socket down ends a
+            # blocked read now (urllib3 >= 2.3). ``_resp`` is the client's open watch response.
+            response = getattr(watcher, "_resp", None)
+            if response is not None and hasattr(response, "shutdown"):
+                try:
+                    response.shutdown()
+                except OSError:
+                    pass
         for thread in self._threads:
             thread.join(timeout_s)
         self._threads = []
