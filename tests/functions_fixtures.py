@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -49,6 +51,14 @@ def blank(width: int = 512, height: int = 512) -> np.ndarray:
 
 def noise(width: int = 512, height: int = 512, seed: int = 7) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
+
+
+def header_only_png(width: int, height: int) -> bytes:
+    """A valid PNG signature + IHDR for a huge image, with a tiny IDAT: a decompression bomb."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def submitted(chain: str, image: bytes, **data) -> BaseCloudEvent:

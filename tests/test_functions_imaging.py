@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -18,21 +16,13 @@ from ex_preprocess.imaging import ImageOptions, ImageTooLarge, InvalidImage, nor
 from ex_preprocess.submission import StateRef, read_submission
 from skylark.errors import ConfigError
 from skylark.web import ClientError
-from functions_fixtures import astronaut, blank, chelsea, encode, noise
+from functions_fixtures import astronaut, blank, chelsea, encode, header_only_png, noise
 
 
 def png_image(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     assert image.format == "PNG"
     return image
-
-
-def header_only_png(width: int, height: int) -> bytes:
-    """A valid PNG signature + IHDR for a huge image, with a tiny IDAT: a decompression bomb."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 # -- normalisation -----------------------------------------------------------------------------
