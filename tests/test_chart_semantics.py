@@ -20,6 +20,8 @@ from chart_fixtures import (
     of_kind,
     rendered,
 )
+from eventing.catalogue import PING
+from eventing.http import new_event
 from eventing.wiring import handlers_service
 from skylark import keys
 from skylark.settings import Settings
@@ -325,3 +327,15 @@ def test_ci_values_cover_one_and_many_nodes_and_both_auth_modes():
     cases = [merged_values(p) for p in VALUES_CASES if isinstance(p, Path)]
     assert {len(v["nodes"]) for v in cases} >= {1, 8}
     assert {bool(v["auth"]["enabled"]) for v in cases} == {True, False}
+
+
+def test_ping_data_is_a_warmup_the_handlers_accept(case):
+    """The PingSource's data goes to the handlers' warm-up parser unchanged (bytes, as Knative
+    sends it): it must be a request they accept, not a 400 every minute."""
+    from handlers.warmup import parse_warmup
+
+    values, objects = case
+    for ping in of_kind(objects, "PingSource"):
+        event = new_event(PING, ping["metadata"]["name"], ping["spec"]["data"].encode())
+        request = parse_warmup(event)
+        assert request.chains or request.functions
