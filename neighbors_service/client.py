@@ -46,6 +46,10 @@ class NeighborsRequestError(SkylarkError, ValueError):
 
 
 class NeighborsClient:
+    """Typed calls to the neighbors service. A ``session`` passed in is used as it is (its
+    owner mounts adapters and closes it); otherwise the client makes one with the retrying
+    adapter described above."""
+
     def __init__(self, base_url: str, timeout_s: float = 2.0,
                  session: requests.Session | None = None, retries: int = 3,
                  backoff_s: float = 0.1) -> None:
