@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     state_p.set_defaults(func=cmd_state)
 
     serve_p = sub.add_parser("serve", help="run a service under gunicorn")
-    serve_p.add_argument("service", choices=("handlers", "neighbors", "broker", "preprocess", "detect", "alarm"))
+    serve_p.add_argument("service", choices=("handlers", "neighbors", "broker", "preprocess", "detect", "alarm", "dead-letter"))
     serve_p.add_argument("--port", type=int, help="default $PORT or 8080")
     serve_p.set_defaults(func=cmd_serve)
 

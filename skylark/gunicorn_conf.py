@@ -34,3 +34,6 @@ logconfig_dict = {
         "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
     },
 }
+# gunicorn ≥ 24 opens a control socket at one fixed path per user; several services on one
+# machine (the local cluster) would fight over it, and nothing here uses it.
+control_socket_disable = True

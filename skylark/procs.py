@@ -60,11 +60,16 @@ class Child:
         except OSError:
             return ""
 
+    def terminate(self) -> None:
+        """Ask the process to stop (SIGTERM to its group); :meth:`stop` waits for it."""
+        if self.process is not None and self.process.poll() is None:
+            _signal_group(self.process.pid, signal.SIGTERM)
+
     def stop(self, grace_s: float = 10.0) -> None:
         if self.process is None:
             return
         if self.process.poll() is None:
-            _signal_group(self.process.pid, signal.SIGTERM)
+            self.terminate()
             try:
                 self.process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
@@ -83,6 +88,14 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def stop_all(children: Sequence[Child], grace_s: float = 10.0) -> None:
+    """Stop children together: SIGTERM to all first, so their grace periods overlap."""
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.stop(grace_s)
 
 
 def http_ready(url: str, timeout_s: float = 0.5) -> Callable[[], bool]:

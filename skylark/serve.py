@@ -14,6 +14,7 @@ SERVICES = {
     "preprocess": "ex_preprocess.app:create_app()",
     "detect": "ex_detect.app:create_app()",
     "alarm": "ex_alarm.app:create_app()",
+    "dead-letter": "skylark.deadletter:create_app()",
 }
 
 
