@@ -252,7 +252,8 @@ class LocalCluster:
         nb_env = dict(base)
         binds = ([f"{n.neighbors_host}:{self.neighbors_port}" for n in self.nodes.values()]
                  if self.emulation else [f"127.0.0.1:{self.neighbors_port}"])
-        nb_env.update({"PORT": str(self.neighbors_port), "SKYLARK_BIND": ",".join(binds),
+        # One worker: the SLO set by PUT /slo lives in the process (see neighbors_service/README.md).
+        nb_env.update({"PORT": str(self.neighbors_port), "SKYLARK_BIND": ",".join(binds), "SKYLARK_WORKERS": "1",
                        "SKYLARK_TOPOLOGY_SOURCE": "file", "SKYLARK_TOPOLOGY_FILE": str(topology_file)})
         neighbors = self._spawn(Child("neighbors", gunicorn_argv("neighbors"), nb_env, logs / "neighbors.log",
                                       ready=http_ready(f"{self.neighbors_url()}/readyz")))
