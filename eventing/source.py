@@ -62,6 +62,7 @@ class _Entry:
 
 @dataclass
 class _State:
+    group_ready: bool = False          # XGROUP CREATE done (again after a NOGROUP)
     recovered: bool = False            # own pending entries re-delivered since start
     claim_cursor: str = "0-0"          # XAUTOCLAIM scan position
     last_claim: float = 0.0
@@ -141,7 +142,20 @@ class StreamSource:
 
     def run_once(self, *, block_ms: int | None = None) -> int:
         """One round: own pending (first time), idle claims, then new entries. Returns deliveries tried."""
-        self.ensure_group()
+        if not self._state.group_ready:
+            self.ensure_group()
+            self._state.group_ready = True
+        try:
+            return self._round(block_ms)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # The stream (and with it the group) was deleted: create both again, from 0.
+            log.warning("stream source: group missing, re-creating", extra={"stream": self.stream})
+            self._state.group_ready = False
+            return 0
+
+    def _round(self, block_ms: int | None) -> int:
         tried = 0
         if not self._state.recovered:
             tried += self._redeliver_own_pending()

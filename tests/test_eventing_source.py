@@ -201,3 +201,15 @@ def test_background_thread_delivers_new_entries(redis_client, sink_factory):
 def test_rejects_nonsense_configuration(redis_client):
     with pytest.raises(ValueError):
         make_source(redis_client, "http://127.0.0.1:1/", max_attempts=0)
+
+
+def test_a_deleted_stream_gets_its_group_back(redis_client, sink_factory):
+    sink = sink_factory()
+    source = make_source(redis_client, sink.url)
+    add(redis_client, 1)
+    run_until(source, lambda: len(sink.received) == 1)
+    redis_client.delete(STREAM)        # e.g. FLUSHALL / a restore: the group is gone too
+    assert source.run_once(block_ms=0) == 0
+    [entry] = add(redis_client, 1)
+    run_until(source, lambda: len(sink.received) == 2)
+    assert sink.ids()[-1] == entry
