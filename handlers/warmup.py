@@ -2,12 +2,12 @@
 
 PingSource data (JSON)::
 
-    {"chains": ["c1", "c2"], "functions": ["detect"], "nodes": ["node-b"]}
+    {"chains": ["c1", "c2"], "functions": ["detect"], "nodes": ["node-b"], "reason": "warm-up"}
 
 ``chains`` and ``functions`` together name every (chain, function) pair of the two lists; with
 only ``chains``, every function of those chains found on the neighbours (a SCAN of their
 metadata keys); with only ``functions``, every chain that has one. ``nodes`` defaults to the
-ready direct neighbours of this node. At most ``SKYLARK_WARMUP_MAX_PAIRS`` pairs are examined.
+ready direct neighbours of this node; ``reason`` is free text (ignored). At most ``SKYLARK_WARMUP_MAX_PAIRS`` pairs are examined.
 
 Per node, the versions of all pairs are read in one pipelined round trip; a pair is pulled (one
 more round trip) from the node with the newest version when the local copy is missing or older,
@@ -96,9 +96,10 @@ def parse_warmup(event: BaseCloudEvent) -> WarmupRequest:
     if not isinstance(data, Mapping):
         raise InvalidWarmup("invalid_warmup",
                             'ping data must be a JSON object like {"chains": [...], "functions": [...]}')
-    unknown = set(data) - {"chains", "functions", "nodes"}
+    unknown = set(data) - {"chains", "functions", "nodes", "reason"}
     if unknown:
-        raise InvalidWarmup("invalid_warmup", f"unknown keys {sorted(unknown)}; expected chains, functions, nodes")
+        raise InvalidWarmup("invalid_warmup",
+                            f"unknown keys {sorted(unknown)}; expected chains, functions, nodes, reason")
     request = WarmupRequest(_names(data, "chains", "chain id"), _names(data, "functions", "function name"),
                             _names(data, "nodes", "node name"))
     if not request.chains and not request.functions:

@@ -1,0 +1,352 @@
+"""``skylark bench propagate``: stream events/s through the handlers, and write-to-readable lag.
+
+Three nodes on 127.0.0.1, each with its own redis-server: node A's handlers under gunicorn (the
+shared config, ``--workers`` × ``--threads``) propagate to B and C; B and C each run their
+handlers and a local broker (``eventing.broker``) under gunicorn, fed the per-node
+``bundle-propagated`` Trigger; targets come from a neighbors service (in this process).
+
+1. Throughput: this process POSTs RedisStreamSource events for distinct pre-written 1 KiB
+   bundles to A as fast as ``--concurrency`` connections allow, for ``--duration`` seconds. Each
+   event is a rebuild on A plus two publishes (B's and C's brokers). Reported: events/s A
+   accepted (202), and events/s until B and C both hold every bundle (end to end). Floor: a bare
+   Flask app under the same gunicorn config, same bodies, same client.
+2. Lag: a local stream source feeds A's change stream to A's handlers; for each size, one write
+   at a time on A, timed from the moment the write returned to the moment B's Redis holds that
+   version (polled every 0.2 ms). 1 KiB and 64 KiB go inline, 1 MiB and 5 MiB as claim checks
+   (inline limit 256 KiB). Floor: a raw redis-py copy of the same bytes, HGETALL on A + HSET on
+   B, in the same run.
+
+Everything shares the machine's cores with this process (the client and the pollers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import redis
+import urllib3
+import yaml
+from flask import Flask
+from werkzeug.serving import make_server
+
+from bench.common import print_table, ratio, summarize
+from eventing import catalogue
+from eventing.redisstream import encode_stream_event, to_go_binary
+from eventing.source import StreamSource
+from skylark.changes import ChangeRecord
+from skylark.embedded import EmbeddedRedis, free_port
+from skylark.redis_client import connect
+from skylark.settings import Settings
+from skylark.store import StateStore
+
+REPO = Path(__file__).resolve().parents[1]
+SIZES = (("1 KiB", 1024), ("64 KiB", 64 * 1024), ("1 MiB", 1024 * 1024), ("5 MiB", 5 * 1024 * 1024))
+TARGET_EVENTS_PER_S = 1500
+TARGET_P50_MS, TARGET_P99_MS = 10.0, 50.0
+
+
+def bare_app() -> Flask:
+    """The floor of the throughput run: Flask under the same gunicorn config, doing nothing."""
+    app = Flask("bare")
+
+    @app.post("/")
+    def ingress():
+        from flask import request  # noqa: PLC0415 - keeps this factory self-contained
+
+        request.get_data()
+        return {"outcome": "ok"}, 202
+
+    @app.get("/readyz")
+    def readyz():
+        return {"status": "ready"}
+
+    return app
+
+
+class Gunicorn:
+    """One gunicorn master with the shared config, on a free port of 127.0.0.1."""
+
+    def __init__(self, app: str, env: dict[str, str], log_dir: Path, name: str,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        full_env = {**os.environ, "PORT": str(self.port), "SKYLARK_BIND_HOST": "127.0.0.1",
+                    "SKYLARK_LOG_LEVEL": "WARNING", **env}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(REPO / "skylark" / "gunicorn_conf.py"), app],
+            cwd=REPO, env=full_env, stdout=subprocess.DEVNULL, stderr=self._log)
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        http = urllib3.PoolManager()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.log_path.name} exited: {self.log_path.read_text()[-1500:]}")
+            try:
+                if http.request("GET", self.url + "/readyz", timeout=1.0, retries=False).status == 200:
+                    return
+            except urllib3.exceptions.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.log_path.name} did not become ready")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+
+
+def _bundle_trigger(node: str) -> dict:
+    return {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger",
+            "metadata": {"name": f"bundle-propagated-{node}", "namespace": "default"},
+            "spec": {"broker": "skylark",
+                     "filter": {"attributes": {"type": catalogue.BUNDLE_PROPAGATED, "skylarktarget": node}},
+                     "subscriber": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+                                            "name": "handlers"}, "uri": "/"},
+                     "delivery": {"retry": 5, "backoffPolicy": "exponential", "backoffDelay": "PT0.2S"}}}
+
+
+def _start_neighbors(topology: dict):
+    from neighbors_service.app import create_app  # noqa: PLC0415
+    from neighbors_service.config import NeighborsSettings  # noqa: PLC0415
+    from neighbors_service.policies import SLO  # noqa: PLC0415
+    from neighbors_service.sources.file import FileTopologySource  # noqa: PLC0415
+
+    settings = NeighborsSettings(core=Settings(node="node-a", log_level="WARNING"), topology_file="bench",
+                                 slo=SLO(max_latency_ms=1000, min_bandwidth_mbps=0))
+    server = make_server("127.0.0.1", 0, create_app(settings, FileTopologySource.from_dict(topology)),
+                         threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return f"http://127.0.0.1:{server.server_port}", stop
+
+
+def _load(url: str, bodies: Sequence[tuple[dict, bytes]], concurrency: int, duration_s: float) -> tuple[int, float, int]:
+    """POST ``bodies`` in order from ``concurrency`` threads until done or ``duration_s``.
+
+    Returns (accepted, elapsed_s, failed).
+    """
+    pool = urllib3.HTTPConnectionPool("127.0.0.1", int(url.rsplit(":", 1)[1]), maxsize=concurrency,
+                                      block=True, retries=False, timeout=30.0)
+    lock = threading.Lock()
+    state = {"next": 0, "ok": 0, "failed": 0}
+    deadline = time.perf_counter() + duration_s
+
+    def worker() -> None:
+        while time.perf_counter() < deadline:
+            with lock:
+                i = state["next"]
+                if i >= len(bodies):
+                    return
+                state["next"] = i + 1
+            headers, body = bodies[i]
+            response = pool.urlopen("POST", "/", body=body, headers=headers)
+            with lock:
+                state["ok" if response.status == 202 else "failed"] += 1
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    pool.close()
+    return state["ok"], elapsed, state["failed"]
+
+
+def _wait_all(client: redis.Redis, keys: Sequence[str], timeout_s: float) -> float | None:
+    """Seconds until every key exists in ``client`` (None on timeout)."""
+    start = time.perf_counter()
+    pending = list(keys)
+    while pending and time.perf_counter() - start < timeout_s:
+        pipe = client.pipeline(transaction=False)
+        for key in pending:
+            pipe.exists(key)
+        pending = [k for k, found in zip(pending, pipe.execute()) if not found]
+        if pending:
+            time.sleep(0.02)
+    return None if pending else time.perf_counter() - start
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="skylark bench propagate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of the throughput run (8)")
+    parser.add_argument("--events", type=int, default=8000, help="at most this many events (8000)")
+    parser.add_argument("--concurrency", type=int, default=16, help="client connections (16)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers of node A (2)")
+    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (8)")
+    parser.add_argument("--samples", type=float, default=1.0,
+                        help="scale of the lag sample counts (1.0: 100/100/30/15)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the in-process neighbors services
+
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="skylark-bench-") as tmp:
+        tmpdir = Path(tmp)
+        redis_nodes = {n: stack.enter_context(EmbeddedRedis()) for n in ("node-a", "node-b", "node-c")}
+        # Ports first: the topology names the brokers, the brokers name the handlers.
+        handler_ports = {n: free_port() for n in ("node-b", "node-c")}
+        brokers: dict[str, Gunicorn] = {}
+        for n in ("node-b", "node-c"):
+            triggers = tmpdir / f"triggers-{n}.yaml"
+            triggers.write_text(yaml.safe_dump(_bundle_trigger(n)))
+            brokers[n] = Gunicorn("eventing.broker.app:create_app()", {
+                "SKYLARK_WORKERS": "1", "SKYLARK_THREADS": "8", "SKYLARK_BROKER_TRIGGERS": str(triggers),
+                "SKYLARK_BROKER_NAME": "skylark", "SKYLARK_BROKER_WORKERS": "8",
+                "SKYLARK_BROKER_SERVICES": f'{{"handlers": "http://127.0.0.1:{handler_ports[n]}"}}'},
+                tmpdir, f"broker-{n}")
+            stack.callback(brokers[n].stop)
+        topology = {
+            "nodes": [{"name": n, "redis_url": r.url,
+                       "broker_url": f"{brokers[n].url}/default/skylark" if n in brokers else "http://127.0.0.1:9/x"}
+                      for n, r in redis_nodes.items()],
+            "links": [{"a": "node-a", "b": n, "latency_ms": 1, "bandwidth_mbps": 10_000} for n in brokers],
+        }
+        neighbors_url, stop_neighbors = _start_neighbors(topology)
+        stack.callback(stop_neighbors)
+        # The same topology with both neighbours' brokers replaced by the bare Flask sink: node A's
+        # handlers on their own, without the cost of the brokers and B's and C's handlers.
+        bare_port = free_port()
+        sink_topology = {"nodes": [{**n, "broker_url": f"http://127.0.0.1:{bare_port}/"} if n["name"] != "node-a" else n
+                                   for n in topology["nodes"]], "links": topology["links"]}
+        sink_neighbors_url, stop_sink_neighbors = _start_neighbors(sink_topology)
+        stack.callback(stop_sink_neighbors)
+
+        def handler_env(node: str, workers: int, neighbors: str = neighbors_url) -> dict[str, str]:
+            return {"SKYLARK_NODE": node, "SKYLARK_REDIS_URL": redis_nodes[node].url,
+                    "SKYLARK_NEIGHBORS_URL": neighbors, "SKYLARK_WORKERS": str(workers),
+                    "SKYLARK_THREADS": str(args.threads), "SKYLARK_TARGETS_TTL": "30"}
+
+        handlers = {"node-a": Gunicorn("handlers.app:create_app()", handler_env("node-a", args.workers),
+                                       tmpdir, "handlers-node-a")}
+        for n in ("node-b", "node-c"):
+            handlers[n] = Gunicorn("handlers.app:create_app()", handler_env(n, 1), tmpdir, f"handlers-{n}",
+                                   port=handler_ports[n])
+        isolated = Gunicorn("handlers.app:create_app()", handler_env("node-a", args.workers, sink_neighbors_url),
+                            tmpdir, "handlers-node-a-isolated")
+        bare = Gunicorn("bench.propagate:bare_app()", {"SKYLARK_WORKERS": str(args.workers),
+                                                       "SKYLARK_THREADS": str(args.threads)}, tmpdir, "bare",
+                        port=bare_port)
+        for g in (*handlers.values(), *brokers.values(), isolated, bare):
+            stack.callback(g.stop)
+        for g in (*handlers.values(), *brokers.values(), isolated, bare):
+            g.wait_ready()
+
+        clients = {n: stack.enter_context(connect(r.url)) for n, r in redis_nodes.items()}
+        store_a = StateStore.from_settings(Settings(node="node-a", redis_url=redis_nodes["node-a"].url),
+                                           clients["node-a"])
+        address = f"redis://127.0.0.1:{redis_nodes['node-a'].port}"
+
+        # -- 1. throughput ----------------------------------------------------------------------
+        payload = os.urandom(1024)
+        bodies, chains = [], []
+        for i in range(args.events):
+            result = store_a.put(f"t{i}", "preprocess", {"frame": payload})
+            chains.append(f"t{i}")
+            m = result.meta
+            change = ChangeRecord(m.chain, m.function, "put", m.mechanism.value, ("frame",), m.version,
+                                  m.node, m.size, m.checksum, m.updated_ms)
+            bodies.append(to_go_binary(encode_stream_event(address, "skylark:changes", result.entry_id,
+                                                           change.to_stream_fields())))
+        warm = min(200, len(bodies) // 10)
+        _load(handlers["node-a"].url, bodies[:warm], args.concurrency, 30.0)  # connections, caches
+        ok, elapsed, failed = _load(handlers["node-a"].url, bodies[warm:], args.concurrency, args.duration)
+        sent_chains = chains[warm:warm + ok + failed]
+        wait = max(_wait_all(clients[n], [f"skylark:meta:{c}:preprocess" for c in sent_chains], 60.0) or float("inf")
+                   for n in ("node-b", "node-c"))
+        end_to_end = ok / (elapsed + wait) if wait != float("inf") else 0.0
+        _load(isolated.url, bodies[:warm], args.concurrency, 30.0)
+        iso_ok, iso_elapsed, iso_failed = _load(isolated.url, bodies[warm:], args.concurrency, args.duration)
+        bare_ok, bare_elapsed, _ = _load(bare.url, bodies[warm:], args.concurrency, args.duration)
+        accepted_rate = ok / elapsed
+        iso_rate = iso_ok / iso_elapsed
+        bare_rate = bare_ok / bare_elapsed
+        print_table(
+            f"Stream events through gunicorn on node A ({args.workers}×{args.threads}), 1 KiB bundles, "
+            f"2 neighbours, {args.concurrency} connections",
+            ["measure", "events", "seconds", "events/s", "vs bare Flask"],
+            [["A accepted (202, both brokers took it)", ok, elapsed, f"{accepted_rate:.0f}", ratio(accepted_rate, bare_rate)],
+             ["end to end (on B and C)", ok, elapsed + wait if wait != float("inf") else "timeout",
+              f"{end_to_end:.0f}", ratio(end_to_end, bare_rate)],
+             ["A alone: both brokers replaced by the bare sink", iso_ok, iso_elapsed, f"{iso_rate:.0f}",
+              ratio(iso_rate, bare_rate)],
+             ["bare Flask, same gunicorn config (floor)", bare_ok, bare_elapsed, f"{bare_rate:.0f}", "1.00×"]],
+            caption=f"{failed + iso_failed} non-202 answers; target ≥ {TARGET_EVENTS_PER_S} events/s",
+        )
+
+        # -- 2. lag ------------------------------------------------------------------------------
+        source = StreamSource(connect(redis_nodes["node-a"].url), "skylark:changes", "skylark-handlers", "a-0",
+                              handlers["node-a"].url, address=address, block_ms=1000, batch=16)
+        # Entries of the throughput run are acked already by nobody: start after them.
+        clients["node-a"].xgroup_create("skylark:changes", "skylark-handlers", id="$", mkstream=True)
+        source.start()
+        stack.callback(source.stop)
+        rows, lag_64k = [], None
+        counts = {"1 KiB": 100, "64 KiB": 100, "1 MiB": 30, "5 MiB": 15}
+        for label, size in SIZES:
+            n = max(3, int(counts[label] * args.samples))
+            value = os.urandom(size - len("frame"))
+            lags, raw = [], []
+            chain = f"lag-{size}"
+            for i in range(n + 2):
+                version = store_a.put(chain, "preprocess", {"frame": value}).meta.version
+                t0 = time.perf_counter()
+                meta_key = f"skylark:meta:{chain}:preprocess"
+                while int(clients["node-b"].hget(meta_key, "version") or 0) < version:
+                    if time.perf_counter() - t0 > 30:
+                        raise RuntimeError(f"{label}: v{version} did not reach node-b in 30 s")
+                    time.sleep(0.0002)
+                if i >= 2:  # the first two warm the path
+                    lags.append((time.perf_counter() - t0) * 1000)
+                r0 = time.perf_counter()
+                data = clients["node-a"].hgetall(f"skylark:bundle:{chain}:preprocess")
+                clients["node-b"].hset(f"raw:{chain}", mapping=data)
+                if i >= 2:
+                    raw.append((time.perf_counter() - r0) * 1000)
+            s, f = summarize(lags), summarize(raw)
+            mode = "inline" if size <= 256 * 1024 else "claim"
+            rows.append([label, mode, s.n, s.median, s.p95, s.p99, f.median, ratio(s.median, f.median)])
+            if label == "64 KiB":
+                lag_64k = s
+        print_table("Lag: write on A returned → bundle readable on B (ms)",
+                    ["size", "mode", "n", "p50", "p95", "p99", "raw copy p50", "p50 vs raw"], rows,
+                    caption="raw copy: redis-py HGETALL on A + HSET on B of the same bytes, same run")
+
+    met_rate = accepted_rate >= TARGET_EVENTS_PER_S
+    met_lag = lag_64k is not None and lag_64k.p50 <= TARGET_P50_MS and lag_64k.p99 <= TARGET_P99_MS
+    print(f"target ≥ {TARGET_EVENTS_PER_S} events/s: {'met' if met_rate else 'NOT met'} "
+          f"({accepted_rate:.0f}/s accepted, {end_to_end:.0f}/s end to end, {iso_rate:.0f}/s for A alone)")
+    if lag_64k is not None:
+        print(f"target 64 KiB p50 ≤ {TARGET_P50_MS:g} ms, p99 ≤ {TARGET_P99_MS:g} ms: "
+              f"{'met' if met_lag else 'NOT met'} (p50 {lag_64k.p50:.2f} ms, p99 {lag_64k.p99:.2f} ms)")
+    print(f"total {time.perf_counter() - started:.1f} s on {os.cpu_count()} cores")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
