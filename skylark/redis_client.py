@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -13,7 +14,8 @@ from redis.retry import Retry
 from skylark.settings import validate_redis_url
 
 
-def connect(url: str, *, password: str | None = None, timeout_s: float = 5.0, retries: int = 3) -> redis.Redis:
+def connect(url: str, *, username: str | None = None, password: str | None = None, timeout_s: float = 5.0,
+            retries: int = 3) -> redis.Redis:
     """A client for ``url`` (redis://, rediss:// for TLS, unix://) with its own connection pool.
 
     Connection errors and timeouts are retried with jittered exponential backoff; the pool is
@@ -27,25 +29,39 @@ def connect(url: str, *, password: str | None = None, timeout_s: float = 5.0, re
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         "health_check_interval": 30,
     }
-    if password:
+    # Credentials in the URL win; the explicit ones fill in what it lacks (other nodes' URLs from
+    # the topology carry none).
+    parts = urlsplit(url)
+    if password and not parts.password:
         kwargs["password"] = password
+    if username and not parts.username:
+        kwargs["username"] = username
     return redis.Redis.from_url(url, **kwargs)
 
 
 class ClientPool:
     """Process-wide cache of clients by URL (remote reads reuse connections to each node)."""
 
-    def __init__(self, *, password: str | None = None, timeout_s: float = 5.0) -> None:
+    def __init__(self, *, username: str | None = None, password: str | None = None,
+                 timeout_s: float = 5.0) -> None:
+        self._username = username
         self._password = password
         self._timeout_s = timeout_s
         self._clients: dict[str, redis.Redis] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_settings(cls, settings) -> "ClientPool":
+        """Clients that log in to every node as this node does (user, password, timeouts)."""
+        return cls(username=settings.redis_user, password=settings.redis_secret,
+                   timeout_s=settings.redis_timeout_s)
+
     def get(self, url: str) -> redis.Redis:
         with self._lock:
             client = self._clients.get(url)
             if client is None:
-                client = connect(url, password=self._password, timeout_s=self._timeout_s)
+                client = connect(url, username=self._username, password=self._password,
+                                 timeout_s=self._timeout_s)
                 self._clients[url] = client
             return client
 

@@ -62,6 +62,9 @@ class Settings:
     node: str = field(default_factory=lambda: socket.gethostname().split(".")[0] or "local")
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: str | None = None
+    # The ACL user for other nodes' Redis too (their URLs from the topology carry no credentials);
+    # default: the user named in redis_url, if any.
+    redis_username: str | None = None
     redis_timeout_s: float = 5.0
     change_stream: str = DEFAULT_CHANGE_STREAM
     change_stream_maxlen: int = 100_000
@@ -96,6 +99,7 @@ class Settings:
             **({"node": node} if node else {}),
             redis_url=env.get("SKYLARK_REDIS_URL") or cls.redis_url,
             redis_password=env.get("SKYLARK_REDIS_PASSWORD") or None,
+            redis_username=env.get("SKYLARK_REDIS_USERNAME") or None,
             redis_timeout_s=_float(env, "SKYLARK_REDIS_TIMEOUT", cls.redis_timeout_s),
             change_stream=env.get("SKYLARK_CHANGE_STREAM") or cls.change_stream,
             change_stream_maxlen=_int(env, "SKYLARK_CHANGE_STREAM_MAXLEN", cls.change_stream_maxlen, 1),
@@ -107,6 +111,16 @@ class Settings:
             port=_int(env, "PORT", cls.port, 1),
             log_level=(env.get("SKYLARK_LOG_LEVEL") or cls.log_level).upper(),
         )
+
+    @property
+    def redis_user(self) -> str | None:
+        """The ACL user to log in as, on this node's Redis and on other nodes'."""
+        return self.redis_username or urlsplit(self.redis_url).username or None
+
+    @property
+    def redis_secret(self) -> str | None:
+        """The password for this node's and other nodes' Redis (explicit, else from redis_url)."""
+        return self.redis_password or urlsplit(self.redis_url).password or None
 
     def with_(self, **changes: object) -> "Settings":
         """A copy with some fields changed (validated again)."""

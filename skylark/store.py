@@ -155,8 +155,8 @@ class StateStore:
 
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> "StateStore":
-        client = client or connect(settings.redis_url, password=settings.redis_password,
-                                   timeout_s=settings.redis_timeout_s)
+        client = client or connect(settings.redis_url, username=settings.redis_user,
+                                   password=settings.redis_password, timeout_s=settings.redis_timeout_s)
         return cls(
             client,
             node=settings.node,

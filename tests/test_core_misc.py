@@ -148,3 +148,21 @@ def test_cli_redis_detach_and_down():
     while time.time() < deadline and StateStore(connect(up.stdout.strip(), timeout_s=0.2, retries=0), node="n").ping():
         time.sleep(0.05)
     assert not StateStore(connect(up.stdout.strip(), timeout_s=0.2, retries=0), node="n").ping()
+
+
+def test_acl_user_and_password_apply_to_other_nodes_urls(redis_factory):
+    from skylark.redis_client import ClientPool
+
+    server = redis_factory(password="admin-pw")
+    admin = server.client()
+    admin.execute_command("ACL", "SETUSER", "skylark", "on", ">s3cret", "~*", "+@all")
+    admin.execute_command("ACL", "SETUSER", "default", "on", "resetpass", ">admin-pw", "-@all", "+ping")
+    settings = Settings(node="n", redis_url=f"redis://skylark:s3cret@127.0.0.1:{server.port}/0")
+    assert settings.redis_user == "skylark"
+    StateStore.from_settings(settings).put("c", "f", {"a": b"1"})
+    # another node's URL, as the topology gives it: no credentials in it
+    bare = f"redis://127.0.0.1:{server.port}/0"
+    pool = ClientPool.from_settings(settings)
+    assert StateStore(pool.get(bare), node="n").get_bundle("c", "f").fields == {"a": b"1"}
+    with pytest.raises(StoreUnavailable):  # the password alone logs in as the restricted default user
+        StateStore(connect(bare, password="admin-pw", retries=0), node="n").get_bundle("c", "f")
