@@ -41,7 +41,7 @@ from ex_alarm.config import AlarmSettings
 from ex_alarm.function import AlarmFunction
 from ex_detect.app import create_app as detect_app
 from ex_detect.config import DetectSettings
-from ex_detect.detector import HAAR_MODELS, HOG_CLASS
+from ex_detect.detector import HAAR_MODELS
 from ex_detect.function import DetectFunction
 from ex_preprocess.app import create_app as preprocess_app
 from ex_preprocess.config import PreprocessSettings
