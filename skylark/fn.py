@@ -215,7 +215,7 @@ class NodeState:
 
     def __init__(self, settings: Settings, peers: PeerDirectory) -> None:
         self.store = StateStore.from_settings(settings)
-        self._pool = ClientPool(password=settings.redis_password, timeout_s=settings.redis_timeout_s)
+        self._pool = ClientPool.from_settings(settings)  # log in to peers as to our own Redis
         self.reader = BundleReader(self.store, RemoteStores(_GuardedPeers(peers).redis_url, self._pool))
 
     def read(self, chain: str, function: str, origin: str | None) -> BundleRead:

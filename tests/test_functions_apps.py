@@ -320,3 +320,38 @@ def test_alarm_missing_and_invalid_state(node_a, redis_client, serve):
     bad = new_event(catalogue.DETECT_COMPLETED, "/x", {"chain": "chain-bad", "node": "node-a"})
     assert_json_error(post_event(alarm.url, bad), 422, "invalid_state")
     assert alarms(redis_client) == []
+
+
+# -- plumbing shared by the functions (skylark.fn) ---------------------------------------------
+
+
+def test_sink_rejecting_the_event_is_502(node_a, redis_client, serve):
+    recorder = Recorder(status=400)
+    sink = serve(recorder.app())
+    settings = PreprocessSettings(core=core(node_a, broker_url=sink.url))
+    app = serve(preprocess_app(settings))
+    assert_json_error(post_event(app.url, submitted("chain-rej", encode(blank()))), 502, "sink_rejected")
+
+
+def test_default_peers_use_the_neighbors_service_when_configured(node_a):
+    from neighbors_service.client import CachedTopology
+
+    from skylark.fn import default_peers
+
+    settings = core(node_a)
+    static = default_peers(settings, {"SKYLARK_PEERS": '{"node-b": {"redis_url": "redis://127.0.0.1:1/0"}}'})
+    assert isinstance(static, StaticPeers) and static.redis_url("node-b") == "redis://127.0.0.1:1/0"
+    assert isinstance(default_peers(settings.with_(neighbors_url="http://127.0.0.1:1"),
+                                    {"SKYLARK_NEIGHBORS_URL": "http://127.0.0.1:1"}), CachedTopology)
+
+
+def test_neighbors_service_down_is_503_when_the_origin_must_be_resolved(node_a, redis_client, serve):
+    from skylark.embedded import free_port
+    from skylark.fn import default_peers
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    settings = core(node_a, neighbors_url=url)
+    peers = default_peers(settings, {"SKYLARK_NEIGHBORS_URL": url})
+    detect = serve(detect_app(DetectSettings(core=settings), peers=peers))
+    event = new_event(catalogue.PREPROCESS_COMPLETED, "/x", {"chain": "chain-n", "node": "node-far"})
+    assert_json_error(post_event(detect.url, event), 503, "store_unavailable")
