@@ -24,10 +24,10 @@ from urllib3.util.retry import Retry
 
 from neighbors_service.policies import SLO, Election
 from neighbors_service.topology import Node, Topology, UnknownNode
-from skylark.errors import SkylarkError
+from skylark.errors import DependencyUnavailable, SkylarkError
 
 
-class NeighborsUnavailable(SkylarkError, ConnectionError):
+class NeighborsUnavailable(DependencyUnavailable):
     """The neighbors service could not be reached or could not answer (after retries)."""
 
     code = "neighbors_unavailable"

@@ -65,7 +65,14 @@ class ChecksumMismatch(SkylarkError, ValueError):
     code = "checksum_mismatch"
 
 
-class StoreUnavailable(SkylarkError, ConnectionError):
+class DependencyUnavailable(SkylarkError, ConnectionError):
+    """Something a request needs (Redis, the neighbors service, a broker) is down: answer 503,
+    so that Knative retries the delivery."""
+
+    code = "dependency_unavailable"
+
+
+class StoreUnavailable(DependencyUnavailable):
     """Redis could not be reached (after retries) or timed out. Callers answer 503."""
 
     code = "store_unavailable"

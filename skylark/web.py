@@ -18,9 +18,9 @@ from skylark.errors import (
     BundleNotFound,
     BundleTooLarge,
     ChecksumMismatch,
+    DependencyUnavailable,
     InvalidName,
     SkylarkError,
-    StoreUnavailable,
     VersionConflict,
 )
 
@@ -34,7 +34,7 @@ STATUS_OF: dict[type[SkylarkError], int] = {
     BundleTooLarge: 413,
     BundleNotFound: 404,
     VersionConflict: 409,
-    StoreUnavailable: 503,
+    DependencyUnavailable: 503,
 }
 
 
