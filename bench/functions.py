@@ -3,8 +3,9 @@
 1. Per function and image: p50/p95 of the three stages each invocation records — state fetch
    (local; and for detect also from another node's Redis over loopback), compute, state store —
    taken from the function objects themselves (``handle``), next to the raw floor measured in the
-   same loop: the same image work with Pillow / OpenCV alone, and plain redis-py HSET / HGETALL
-   (XADD for alarm) of the same bytes.
+   same loop: the same pixel work with Pillow / OpenCV alone (full decode, resize, equalise, PNG,
+   the same tiles; the same detectors on the same views, without our guards, mapping and NMS),
+   and plain redis-py HSET / HGETALL (XADD for alarm) of the same bytes.
 2. End-to-end chain time on one node, from submitting the image to the alarm outcome: the three
    apps over real HTTP posting each result to the next, and through the local broker (K_SINK),
    against the sum of the raw floors.
@@ -88,22 +89,34 @@ class RawFloor:
         self.hog = cv2.HOGDescriptor()
         self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
 
-    def preprocess(self, data: bytes) -> bytes:
+    def _normalised(self, gray: Image.Image, longest: int) -> Image.Image:
+        factor = longest / max(gray.size)
+        return ImageOps.equalize(gray.resize((round(gray.width * factor), round(gray.height * factor))))
+
+    def _png(self, image: Image.Image) -> bytes:
+        out = io.BytesIO()
+        image.save(out, "PNG", compress_level=PNG_COMPRESS_LEVEL)
+        return out.getvalue()
+
+    def preprocess(self, data: bytes, tiles: list[dict], working_longest: int) -> list[bytes]:
+        """Full decode, the overview and (when preprocess tiled) the same tiles, as PNG."""
         image = Image.open(io.BytesIO(data))
         image.load()
         gray = image.convert("L")
-        factor = self.size / max(gray.size)
-        gray = ImageOps.equalize(gray.resize((round(gray.width * factor), round(gray.height * factor))))
-        out = io.BytesIO()
-        gray.save(out, "PNG", compress_level=PNG_COMPRESS_LEVEL)
-        return out.getvalue()
+        out = [self._png(self._normalised(gray, self.size))]
+        if tiles:
+            working = self._normalised(gray, working_longest)
+            out += [self._png(working.crop((t["x"], t["y"], t["x"] + t["width"], t["y"] + t["height"])))
+                    for t in tiles]
+        return out
 
-    def detect(self, png: bytes) -> int:
-        gray = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    def detect(self, pngs: list[bytes]) -> int:
         found = 0
-        for cascade in self.cascades:
-            found += len(cascade.detectMultiScale2(gray, scaleFactor=1.1, minNeighbors=4)[0])
-        found += len(self.hog.detectMultiScale(gray, winStride=(8, 8), padding=(8, 8), scale=1.05)[0])
+        for png in pngs:
+            gray = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+            for cascade in self.cascades:
+                found += len(cascade.detectMultiScale2(gray, scaleFactor=1.1, minNeighbors=4)[0])
+            found += len(self.hog.detectMultiScale(gray, winStride=(8, 8), padding=(8, 8), scale=1.05)[0])
         return found
 
     def hset(self, key: str, fields: dict[str, bytes]) -> None:
@@ -160,14 +173,17 @@ def measure_functions(node_a: EmbeddedRedis, node_b: EmbeddedRedis, images: list
                 r = det_remote.handle(p.event)  # bench-b reads bench-a's bundle across "the link"
                 a = alarm.handle(d.event)
                 # raw floor, same bytes, interleaved with the functions' runs
-                png = client.hget(keys.bundle_key(chain, "preprocess"), "image")
                 pre_fields = client.hgetall(keys.bundle_key(chain, "preprocess"))
                 det_fields = client.hgetall(keys.bundle_key(chain, "detect"))
+                tiles = json.loads(pre_fields.get(b"tiles", b"[]"))
+                info = json.loads(pre_fields[b"info"])
+                working = round(max(info["original"]["width"], info["original"]["height"]) * (info["tile_scale"] or 0))
+                pngs = [pre_fields[b"image"], *(pre_fields[t["field"].encode()] for t in tiles)]
                 floor = {
-                    "preprocess": {"compute": _ms(lambda: raw.preprocess(image)),
+                    "preprocess": {"compute": _ms(lambda: raw.preprocess(image, tiles, working)),
                                    "store": _ms(lambda: raw.hset(f"raw:{chain}:p", pre_fields))},
                     "detect": {"fetch": _ms(lambda: raw.hgetall(f"raw:{chain}:p")),
-                               "compute": _ms(lambda: raw.detect(png)),
+                               "compute": _ms(lambda: raw.detect(pngs)),
                                "store": _ms(lambda: raw.hset(f"raw:{chain}:d", det_fields))},
                     "alarm": {"fetch": _ms(lambda: raw.hgetall(f"raw:{chain}:d")),
                               "store": _ms(lambda: client.xadd("raw:alarms", {"chain": chain, "d": det_fields[b"detections"]},

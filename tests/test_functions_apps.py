@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 
@@ -99,6 +100,21 @@ def test_preprocess_accepts_a_pingsource_event_with_a_binary_image(node_a, redis
     chain = "ping-b0e4c7d2-5b0a-4a44-8d53-93f0e0a1a001"
     assert event.get_extension("skylarkchain") == chain
     assert StateStore(redis_client, node="node-a").get_meta(chain, "preprocess").version == 1
+
+
+def test_preprocess_fed_by_the_local_pingsource_runner(node_a, redis_client, serve):
+    from eventing.ping import PingSource
+
+    app = serve(preprocess_app(PreprocessSettings(core=core(node_a))))
+    image = encode(astronaut())
+    ping = PingSource("* * * * *", app.url, data_base64=base64.b64encode(image).decode(),
+                      content_type="image/jpeg", name="camera")
+    outcome = ping.fire_once()
+    assert outcome.ok and outcome.status_code == 200
+    [chain] = {key.split(":")[2] for key in map(bytes.decode, redis_client.keys("skylark:bundle:*"))}
+    assert chain.startswith("ping-")
+    info = json.loads(StateStore(redis_client, node="node-a").get_bundle(chain, "preprocess").fields["info"])
+    assert info["input"]["bytes"] == len(image) and info["original"]["format"] == "JPEG"
 
 
 def test_preprocess_tiles_a_large_image_into_one_bundle(node_a, redis_client, serve):
