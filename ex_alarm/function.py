@@ -14,7 +14,7 @@ from ex_alarm.config import FUNCTION, SOURCE_FUNCTION, AlarmSettings
 from ex_alarm.rule import InvalidDetections, parse_detections
 from skylark.errors import StoreUnavailable
 from skylark.fn import CloudEventFunction, Handled, NodeState, StageTimings, chain_of, data_object
-from skylark.fn import default_peers, origin_of, result_data, result_event, route_of, trace_of
+from skylark.fn import default_peers, origin_of, result_data, result_event, route_of, trace_of, version_of
 from skylark.peers import PeerDirectory
 from skylark.web import ClientError
 
@@ -52,7 +52,7 @@ class AlarmFunction(CloudEventFunction):
         trace, route = trace_of(data), route_of(data)
         node, rule = self.settings.core.node, self.settings.rule
 
-        read = self.state.read(chain, SOURCE_FUNCTION, origin)
+        read = self.state.read(chain, SOURCE_FUNCTION, origin, version_of(event))
 
         start = time.perf_counter()
         try:

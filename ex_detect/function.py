@@ -16,7 +16,7 @@ from ex_detect.config import FUNCTION, SOURCE_FUNCTION, DetectSettings
 from ex_detect.detector import Detection, Detector, View
 from skylark.bundle import Bundle
 from skylark.fn import CloudEventFunction, Handled, NodeState, StageTimings, chain_of, data_object
-from skylark.fn import default_peers, origin_of, result_data, result_event, route_of, trace_of
+from skylark.fn import default_peers, origin_of, result_data, result_event, route_of, trace_of, version_of
 from skylark.peers import PeerDirectory
 from skylark.web import ClientError
 
@@ -93,7 +93,7 @@ class DetectFunction(CloudEventFunction):
         trace, route = trace_of(data), route_of(data)
         node = self.settings.core.node
 
-        read = self.state.read(chain, SOURCE_FUNCTION, origin)  # 404 when nobody has it
+        read = self.state.read(chain, SOURCE_FUNCTION, origin, version_of(event))  # 404 when nobody has it
 
         start = time.perf_counter()
         try:

@@ -139,8 +139,22 @@ def trace_of(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     return list(trace)
 
 
+def version_of(event: BaseCloudEvent) -> int | None:
+    """The ``skylarkversion`` extension: the version of the state the event announces."""
+    raw = event.get_extension(catalogue.EXT_VERSION)
+    if raw is None:
+        return None
+    try:
+        version = int(raw)
+    except (TypeError, ValueError):
+        raise ClientError(400, "invalid_version", f"skylarkversion {raw!r} is not an integer") from None
+    if version < 0:
+        raise ClientError(400, "invalid_version", f"skylarkversion {version} is negative")
+    return version
+
+
 def route_of(data: Mapping[str, Any]) -> list[str] | None:
-    """``data.route``: node names for the next stages, passed through unchanged (for the demo)."""
+    """``data.route``: the nodes the next stages run on, in order (see :func:`result_event`)."""
     route = data.get("route")
     if route is None:
         return None
@@ -168,13 +182,21 @@ def result_data(chain: str, timings: StageTimings, trace: Sequence[dict[str, Any
 
 def result_event(type_: str, *, cause: BaseCloudEvent, chain: str, timings: StageTimings,
                  data: dict[str, Any]) -> BaseCloudEvent:
-    """A result event with the Skylark extensions; its id is derived from the cause's source+id."""
+    """A result event with the Skylark extensions; its id is derived from the cause's source+id.
+
+    With a ``route`` in the data (the nodes the next stages run on), the event is addressed to
+    its first node (``skylarktarget``: the app sends it to that node's broker) and carries the
+    rest of the route on.
+    """
     event_id = uuid.uuid5(_EVENT_ID_NAMESPACE,
                           f"{timings.function}\n{cause.get_source()}\n{cause.get_id()}")
+    target = None
+    if data.get("route"):
+        target, data = data["route"][0], {**data, "route": data["route"][1:]}
     return new_event(
         type_, catalogue.source_for(timings.node, timings.function), data, id_=str(event_id),
         skylarkchain=chain, skylarknode=timings.node, skylarkfunction=timings.function,
-        skylarkversion=timings.version,
+        skylarkversion=timings.version, skylarktarget=target,
     )
 
 
@@ -215,12 +237,28 @@ class NodeState:
 
     def __init__(self, settings: Settings, peers: PeerDirectory) -> None:
         self.store = StateStore.from_settings(settings)
+        self.peers = peers
         self._pool = ClientPool.from_settings(settings)  # log in to peers as to our own Redis
         self.reader = BundleReader(self.store, RemoteStores(_GuardedPeers(peers).redis_url, self._pool))
+        # Under a propagating policy the bundle announced by an event is usually on its way
+        # here: wait a little for it before paying a read across the link.
+        self.wait_ms = 0 if settings.policy == "stateless" else settings.propagation_wait_ms
 
-    def read(self, chain: str, function: str, origin: str | None) -> BundleRead:
-        """The bundle from the local Redis, else from ``origin``'s (where it was written)."""
-        return self.reader.read(chain, function, [origin] if origin else [])
+    def read(self, chain: str, function: str, origin: str | None, min_version: int | None = None) -> BundleRead:
+        """The bundle (of at least ``min_version``) from the local Redis, else from ``origin``'s
+        (where it was written)."""
+        wait = self.wait_ms if origin and origin != self.store.node and min_version else 0
+        return self.reader.read(chain, function, [origin] if origin else [],
+                                min_version=min_version or 0, wait_local_ms=wait)
+
+    def broker_url(self, node: str) -> str | None:
+        """The broker ingress of ``node`` (where an event routed there is sent)."""
+        try:
+            return self.peers.broker_url(node)
+        except LookupError:
+            return None
+        except (SkylarkError, ConnectionError, OSError) as exc:
+            raise StoreUnavailable(f"cannot resolve the broker of node {node!r}: {exc}") from exc
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         ok = self.store.ping()
@@ -277,6 +315,7 @@ class CloudEventFunction:
 
     name: str = ""
     accepts: tuple[str, ...] = ()
+    state: NodeState | None = None  # set by ``start`` of functions that use Skylark state
 
     def start(self) -> None:
         """Open connections and load models (called once per process by the app factory)."""
@@ -302,7 +341,7 @@ def make_function_app(function: CloudEventFunction, settings: Settings, *,
     """
     function.start()
     sink = settings.broker_url
-    publisher = publisher or (Publisher() if sink else None)
+    publisher = publisher or Publisher()
 
     app = Flask(f"skylark.{function.name}")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
@@ -340,10 +379,11 @@ def make_function_app(function: CloudEventFunction, settings: Settings, *,
         })
         if handled.event is None:
             return Response(status=204)
-        if sink is None:
+        destination = _destination(function, handled.event, sink)
+        if destination is None:
             headers, body = to_binary(handled.event)
             return Response(body, status=200, headers=headers)
-        outcome = publisher.publish(sink, handled.event)
+        outcome = publisher.publish(destination, handled.event)
         stage_seconds.labels(function.name, "publish").observe(outcome.elapsed_ms / 1000)
         if outcome.delivery is Delivery.REJECTED:
             # Our state is written; the sink refused the event for good. Not the sender's fault.
@@ -356,3 +396,14 @@ def make_function_app(function: CloudEventFunction, settings: Settings, *,
         return Response(status=202)
 
     return app
+
+
+def _destination(function: CloudEventFunction, event: BaseCloudEvent, sink: str | None) -> str | None:
+    """The broker of the node the event is routed to (``skylarktarget``), else ``K_SINK``."""
+    target = event.get_extension(catalogue.EXT_TARGET)
+    if target is None or function.state is None or target == function.state.store.node:
+        return sink
+    url = function.state.broker_url(str(target))
+    if url is None:
+        raise ClientError(400, "unknown_route_node", f"the route names node {target!r}, whose broker is unknown")
+    return url

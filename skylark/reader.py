@@ -18,6 +18,7 @@ from skylark.store import StateStore
 
 LOCAL = "local"
 REMOTE = "remote"
+POLL_S = 0.002  # how often a waiting reader looks for the propagated copy
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,8 @@ class BundleRead:
     bundle: Bundle
     location: str  # LOCAL or REMOTE
     node: str      # the node whose Redis answered
-    elapsed_ms: float
+    elapsed_ms: float  # the whole read, waiting for a propagated copy included
+    waited_ms: float = 0.0  # of which spent waiting for the local copy to arrive
 
     @property
     def is_local(self) -> bool:
@@ -58,8 +60,13 @@ class BundleReader:
         self.local = local
         self.remote = remote
 
-    def read(self, chain: str, function: str, candidates: Sequence[str] = ()) -> BundleRead:
+    def read(self, chain: str, function: str, candidates: Sequence[str] = (), *,
+             min_version: int = 0, wait_local_ms: float = 0.0) -> BundleRead:
         """The bundle from the local Redis, else from the first candidate node that has it.
+
+        Only a copy of at least ``min_version`` counts (the version the caller was told was
+        written), so a stale local copy is never used. With ``wait_local_ms`` the local Redis is
+        polled that long for such a copy to arrive by propagation before the candidates are asked.
 
         Unreachable candidates are skipped (the node may be gone) while others are tried;
         :class:`BundleNotFound` when every place answered that it has none,
@@ -68,12 +75,13 @@ class BundleReader:
         start = time.perf_counter()
         failures: list[str] = []
         try:
-            bundle = self.local.get_bundle(chain, function)
-            return BundleRead(bundle, LOCAL, self.local.node, (time.perf_counter() - start) * 1000)
-        except BundleNotFound:
-            pass
+            bundle, waited_local = self._wait_local(chain, function, min_version, start + wait_local_ms / 1000)
+            if bundle is not None:
+                elapsed = (time.perf_counter() - start) * 1000
+                return BundleRead(bundle, LOCAL, self.local.node, elapsed, waited_local)
         except StoreUnavailable as exc:
             failures.append(f"{self.local.node}: {exc}")
+        waited = (time.perf_counter() - start) * 1000
         for node in candidates:
             if node == self.local.node or self.remote is None:
                 continue
@@ -81,7 +89,6 @@ class BundleReader:
             if store is None:
                 failures.append(f"{node}: no Redis address known")
                 continue
-            remote_start = time.perf_counter()
             try:
                 bundle = store.get_bundle(chain, function)
             except BundleNotFound:
@@ -89,8 +96,30 @@ class BundleReader:
             except StoreUnavailable as exc:
                 failures.append(f"{node}: {exc}")
                 continue
-            return BundleRead(bundle, REMOTE, node, (time.perf_counter() - remote_start) * 1000)
+            if bundle.version < min_version:
+                continue
+            return BundleRead(bundle, REMOTE, node, (time.perf_counter() - start) * 1000, waited)
         if failures:
             # Someone who may hold the state did not answer: "not found" would be a guess.
             raise StoreUnavailable("bundle not found where reachable; unreachable: " + "; ".join(failures))
         raise BundleNotFound(chain, function, where="local and " + (", ".join(candidates) or "no other node"))
+
+    def _wait_local(self, chain: str, function: str, min_version: int,
+                    deadline: float) -> tuple[Bundle | None, float]:
+        """The local bundle once its version reaches ``min_version`` (None at the deadline), and
+        how long was waited for it. Polls the version only (one small HGET) until it is there."""
+        start = time.perf_counter()
+        waited = 0.0
+        while True:
+            if self.local.local_version(chain, function) >= max(min_version, 1):
+                try:
+                    bundle = self.local.get_bundle(chain, function)
+                except BundleNotFound:  # deleted (a tombstone has a version too)
+                    bundle = None
+                if bundle is not None and bundle.version >= min_version:
+                    return bundle, waited
+            now = time.perf_counter()
+            if now >= deadline:
+                return None, waited
+            waited = (now - start) * 1000
+            time.sleep(min(POLL_S, deadline - now))

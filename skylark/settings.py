@@ -75,6 +75,9 @@ class Settings:
     broker_url: str | None = None
     port: int = 8080
     log_level: str = "INFO"
+    # How long a successor waits for the bundle it was told about (by version) to arrive by
+    # propagation before reading it from the origin instead; not at all under "stateless".
+    propagation_wait_ms: int = 200
 
     def __post_init__(self) -> None:
         try:
@@ -110,6 +113,7 @@ class Settings:
             broker_url=env.get("K_SINK") or None,
             port=_int(env, "PORT", cls.port, 1),
             log_level=(env.get("SKYLARK_LOG_LEVEL") or cls.log_level).upper(),
+            propagation_wait_ms=_int(env, "SKYLARK_PROPAGATION_WAIT_MS", cls.propagation_wait_ms, 0),
         )
 
     @property

@@ -166,3 +166,32 @@ def test_acl_user_and_password_apply_to_other_nodes_urls(redis_factory):
     assert StateStore(pool.get(bare), node="n").get_bundle("c", "f").fields == {"a": b"1"}
     with pytest.raises(StoreUnavailable):  # the password alone logs in as the restricted default user
         StateStore(connect(bare, password="admin-pw", retries=0), node="n").get_bundle("c", "f")
+
+
+def test_reader_ignores_stale_copies_and_waits_for_a_propagated_one(redis_factory):
+    import threading
+
+    from skylark.bundle import make_bundle
+
+    a, b = redis_factory(), redis_factory()
+    store_a = StateStore(connect(a.url), node="node-a")
+    store_b = StateStore(connect(b.url), node="node-b")
+    reader = BundleReader(store_a, RemoteStores(StaticPeers.from_mapping({"node-b": {"redis_url": b.url}}).redis_url))
+    store_a.apply(make_bundle("c", "f", {"x": b"old"}, version=1, node="node-b", updated_ms=1))
+    store_b.put("c", "f", {"x": b"old"})
+    store_b.put("c", "f", {"x": b"new"})
+    # the local copy is older than the version the caller was told about: read the origin
+    read = reader.read("c", "f", ["node-b"], min_version=2)
+    assert (read.location, read.bundle.version, read.bundle.fields["x"]) == ("remote", 2, b"new")
+    # a propagated copy arriving while the reader waits is used
+    newer = store_b.put("c", "f", {"x": b"newest"}).meta.version
+    arrive = threading.Timer(0.08, lambda: store_a.apply(store_b.get_bundle("c", "f")))
+    arrive.start()
+    read = reader.read("c", "f", ["node-b"], min_version=newer, wait_local_ms=2000)
+    arrive.join()
+    assert (read.location, read.bundle.version) == ("local", newer)
+    assert 60 <= read.waited_ms <= read.elapsed_ms < 2000
+    # nothing arrives: after the wait, the origin
+    latest = store_b.put("c", "f", {"x": b"last"}).meta.version
+    read = reader.read("c", "f", ["node-b"], min_version=latest, wait_local_ms=50)
+    assert read.location == "remote" and read.elapsed_ms >= 50 and read.waited_ms >= 40

@@ -69,7 +69,7 @@ def node_a(redis_server, redis_client):
 
 def test_preprocess_stores_the_normalised_image_and_replies_with_its_event(node_a, redis_client, serve):
     app = serve(preprocess_app(PreprocessSettings(core=core(node_a))))
-    response = post_event(app.url, submitted("chain-1", encode(astronaut()), route=["node-b", "node-c"]))
+    response = post_event(app.url, submitted("chain-1", encode(astronaut()), route=["node-a", "node-c"]))
     event = reply_event(response)
     assert event.get_type() == catalogue.PREPROCESS_COMPLETED
     assert event.get_source() == "/skylark/nodes/node-a/preprocess"
@@ -77,8 +77,10 @@ def test_preprocess_stores_the_normalised_image_and_replies_with_its_event(node_
     assert event.get_extension("skylarknode") == "node-a"
     assert event.get_extension("skylarkfunction") == "preprocess"
     assert event.get_extension("skylarkversion") == "1"
+    # the route's first node is where the next stage runs: here, this node (so: a reply)
+    assert event.get_extension("skylarktarget") == "node-a"
     data = event.get_data()
-    assert data["chain"] == "chain-1" and data["node"] == "node-a" and data["route"] == ["node-b", "node-c"]
+    assert data["chain"] == "chain-1" and data["node"] == "node-a" and data["route"] == ["node-c"]
     assert data["fields"] == ["image", "info"] and data["tiles"] == 0
     assert data["timings"]["fetch_location"] == "inline" and data["timings"]["compute_ms"] > 0
     assert [t["function"] for t in data["trace"]] == ["preprocess"]
@@ -183,6 +185,22 @@ def test_redis_down_is_503_and_not_ready(redis_factory, serve):
     ready = requests.get(f"{app.url}/readyz")
     assert ready.status_code == 503 and ready.json()["redis"] == "unreachable"
     assert requests.get(f"{app.url}/healthz").status_code == 200  # alive: no restart for a Redis outage
+
+
+def test_a_routed_result_goes_to_the_broker_of_the_routes_first_node(node_a, redis_client, serve):
+    local_sink, remote = Recorder(), Recorder()
+    sink, broker_b = serve(local_sink.app()), serve(remote.app())
+    peers = StaticPeers.from_mapping({"node-b": {"broker_url": f"{broker_b.url}/default/skylark"}})
+    settings = PreprocessSettings(core=core(node_a, broker_url=f"{sink.url}/default/skylark"))
+    app = serve(preprocess_app(settings, peers))
+    response = post_event(app.url, submitted("chain-r", encode(chelsea()), route=["node-b", "node-c"]))
+    assert response.status_code == 202
+    [event] = remote.wait_for(1)
+    assert event.get_extension("skylarktarget") == "node-b" and event.get_data()["route"] == ["node-c"]
+    assert local_sink.events == []
+    # a route through a node nobody knows is refused (the state is stored, the chain stops)
+    unknown = post_event(app.url, submitted("chain-u", encode(chelsea()), route=["node-x"]))
+    assert_json_error(unknown, 400, "unknown_route_node")
 
 
 def test_with_k_sink_the_result_is_published_and_the_answer_is_202(node_a, redis_client, serve):
