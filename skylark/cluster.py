@@ -361,7 +361,7 @@ class LocalCluster:
 def main_up(args) -> int:
     console = Console()
     cluster = LocalCluster(args.topology, policy=args.policy, emulate_network=args.emulate_network,
-                           base_port=getattr(args, "base_port", None), console=console,
+                           base_port=args.base_port, console=console,
                            log_level="INFO")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
