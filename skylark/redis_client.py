@@ -15,8 +15,10 @@ from skylark.settings import validate_redis_url
 
 
 def connect(url: str, *, username: str | None = None, password: str | None = None, timeout_s: float = 5.0,
-            retries: int = 3) -> redis.Redis:
+            retries: int = 3, ca_cert: str | None = None) -> redis.Redis:
     """A client for ``url`` (redis://, rediss:// for TLS, unix://) with its own connection pool.
+
+    TLS: ``ca_cert`` (or ``?ssl_ca_certs=PATH`` in the URL) verifies the server's certificate.
 
     Connection errors and timeouts are retried with jittered exponential backoff; the pool is
     shared by every thread of the process that uses this client.
@@ -36,6 +38,8 @@ def connect(url: str, *, username: str | None = None, password: str | None = Non
         kwargs["password"] = password
     if username and not parts.username:
         kwargs["username"] = username
+    if ca_cert and parts.scheme == "rediss":
+        kwargs["ssl_ca_certs"] = ca_cert
     return redis.Redis.from_url(url, **kwargs)
 
 
@@ -43,8 +47,9 @@ class ClientPool:
     """Process-wide cache of clients by URL (remote reads reuse connections to each node)."""
 
     def __init__(self, *, username: str | None = None, password: str | None = None,
-                 timeout_s: float = 5.0) -> None:
+                 timeout_s: float = 5.0, ca_cert: str | None = None) -> None:
         self._username = username
+        self._ca_cert = ca_cert
         self._password = password
         self._timeout_s = timeout_s
         self._clients: dict[str, redis.Redis] = {}
@@ -54,14 +59,14 @@ class ClientPool:
     def from_settings(cls, settings) -> "ClientPool":
         """Clients that log in to every node as this node does (user, password, timeouts)."""
         return cls(username=settings.redis_user, password=settings.redis_secret,
-                   timeout_s=settings.redis_timeout_s)
+                   timeout_s=settings.redis_timeout_s, ca_cert=settings.redis_ca_cert)
 
     def get(self, url: str) -> redis.Redis:
         with self._lock:
             client = self._clients.get(url)
             if client is None:
                 client = connect(url, username=self._username, password=self._password,
-                                 timeout_s=self._timeout_s)
+                                 timeout_s=self._timeout_s, ca_cert=self._ca_cert)
                 self._clients[url] = client
             return client
 

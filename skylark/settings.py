@@ -65,6 +65,7 @@ class Settings:
     # The ACL user for other nodes' Redis too (their URLs from the topology carry no credentials);
     # default: the user named in redis_url, if any.
     redis_username: str | None = None
+    redis_ca_cert: str | None = None  # CA bundle to verify rediss:// servers with (a mounted Secret)
     redis_timeout_s: float = 5.0
     change_stream: str = DEFAULT_CHANGE_STREAM
     change_stream_maxlen: int = 100_000
@@ -103,6 +104,7 @@ class Settings:
             redis_url=env.get("SKYLARK_REDIS_URL") or cls.redis_url,
             redis_password=env.get("SKYLARK_REDIS_PASSWORD") or None,
             redis_username=env.get("SKYLARK_REDIS_USERNAME") or None,
+            redis_ca_cert=env.get("SKYLARK_REDIS_CA_CERT") or None,
             redis_timeout_s=_float(env, "SKYLARK_REDIS_TIMEOUT", cls.redis_timeout_s),
             change_stream=env.get("SKYLARK_CHANGE_STREAM") or cls.change_stream,
             change_stream_maxlen=_int(env, "SKYLARK_CHANGE_STREAM_MAXLEN", cls.change_stream_maxlen, 1),

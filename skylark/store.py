@@ -156,7 +156,8 @@ class StateStore:
     @classmethod
     def from_settings(cls, settings: Settings, client: redis.Redis | None = None) -> "StateStore":
         client = client or connect(settings.redis_url, username=settings.redis_user,
-                                   password=settings.redis_password, timeout_s=settings.redis_timeout_s)
+                                   password=settings.redis_password, timeout_s=settings.redis_timeout_s,
+                                   ca_cert=settings.redis_ca_cert)
         return cls(
             client,
             node=settings.node,

@@ -195,3 +195,39 @@ def test_reader_ignores_stale_copies_and_waits_for_a_propagated_one(redis_factor
     latest = store_b.put("c", "f", {"x": b"last"}).meta.version
     read = reader.read("c", "f", ["node-b"], min_version=latest, wait_local_ms=50)
     assert read.location == "remote" and read.elapsed_ms >= 50 and read.waited_ms >= 40
+
+
+def test_tls_with_a_verified_server_certificate(tmp_path, redis_factory):
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "skylark-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    tls_port = free_port()
+    redis_factory(password="pw", extra_args=(
+        "--tls-port", str(tls_port), "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file),
+        "--tls-ca-cert-file", str(cert_file), "--tls-auth-clients", "no"))
+    settings = Settings(node="n", redis_url=f"rediss://:pw@127.0.0.1:{tls_port}/0", redis_ca_cert=str(cert_file))
+    store = StateStore.from_settings(settings)
+    store.put("c", "f", {"a": b"over TLS"})
+    assert store.get_bundle("c", "f").fields == {"a": b"over TLS"}
+    # without the CA the server's certificate is not trusted: refused, not silently accepted
+    untrusted = StateStore(connect(f"rediss://:pw@127.0.0.1:{tls_port}/0", retries=0), node="n")
+    with pytest.raises(StoreUnavailable):
+        untrusted.get_bundle("c", "f")
