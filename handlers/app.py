@@ -16,7 +16,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import requests
 from flask import Flask
 
 from eventing.publisher import Publisher
@@ -98,12 +97,8 @@ def create_app(settings: HandlerSettings | Settings | None = None, *, store: Sta
                                                         ttl_s=config.targets_ttl_s)
         closers.append(close_targets)
     if publisher is None:
-        # Broker ingresses are cluster-internal: no proxies or .netrc from the environment, which
-        # also spares requests a scan of os.environ on every publish (a third of its overhead).
-        session = requests.Session()
-        session.trust_env = False
         publisher = Publisher(read_timeout_s=config.publish_timeout_s, retries=config.publish_retries,
-                              pool_size=max(16, config.publish_workers * 2), session=session)
+                              pool_size=max(16, config.publish_workers * 2))
         closers.append(publisher.close)
     remote = RemoteStores(targets.redis_url,
                           ClientPool(password=core.redis_password, timeout_s=core.redis_timeout_s))
