@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from ex_alarm.rule import AlarmRule
 from skylark import keys
 from skylark.errors import ConfigError
-from skylark.fn import env_float, env_int, env_list
-from skylark.settings import Settings
+from skylark.settings import Settings, env_float, env_int, env_list
 
 FUNCTION = "alarm"
 SOURCE_FUNCTION = "detect"  # whose bundle alarm reads

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 
 from ex_detect.detector import CLASSES, DetectorOptions
 from skylark.errors import ConfigError
-from skylark.fn import env_float, env_int, env_list
-from skylark.settings import Settings
+from skylark.settings import Settings, env_float, env_int, env_list
 
 FUNCTION = "detect"
 SOURCE_FUNCTION = "preprocess"  # whose bundle detect reads

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 
 from ex_preprocess.imaging import ImageOptions
 from skylark.errors import ConfigError
-from skylark.fn import env_int, env_list
-from skylark.settings import Settings
+from skylark.settings import Settings, env_int, env_list
 
 FUNCTION = "preprocess"  # the function name under which the state is stored
 ACCEPTED_FORMATS = ("JPEG", "PNG")

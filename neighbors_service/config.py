@@ -33,31 +33,11 @@ from dataclasses import dataclass, field
 
 from neighbors_service.policies import SLO, InvalidElection
 from skylark.errors import ConfigError
-from skylark.settings import Settings
+from skylark.settings import Settings, env_float, env_int
 
 DEFAULT_BROKER_URL_TEMPLATE = "http://broker-ingress.knative-eventing.svc.cluster.local/{namespace}/{broker}"
 SOURCES = ("file", "kubernetes")
 REFRESH_MODES = ("watch", "interval")
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-
-
-def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
 
 
 @dataclass(frozen=True)
@@ -110,8 +90,8 @@ class NeighborsSettings:
         env = os.environ if env is None else env
         try:
             slo = SLO(
-                max_latency_ms=_float(env, "SKYLARK_SLO_MAX_LATENCY_MS", 500.0),
-                min_bandwidth_mbps=_float(env, "SKYLARK_SLO_MIN_BANDWIDTH_MBPS", 10.0),
+                max_latency_ms=env_float(env, "SKYLARK_SLO_MAX_LATENCY_MS", 500.0),
+                min_bandwidth_mbps=env_float(env, "SKYLARK_SLO_MIN_BANDWIDTH_MBPS", 10.0),
             )
         except InvalidElection as exc:
             raise ConfigError(f"SKYLARK_SLO_*: {exc}") from None
@@ -122,12 +102,12 @@ class NeighborsSettings:
             slo=slo,
             k8s_namespace=env.get("SKYLARK_K8S_NAMESPACE") or "default",
             redis_selector=env.get("SKYLARK_REDIS_SELECTOR") or "app=redis",
-            redis_port=_int(env, "SKYLARK_REDIS_PORT", 6379) or 6379,
+            redis_port=env_int(env, "SKYLARK_REDIS_PORT", 6379) or 6379,
             broker_url_template=env.get("SKYLARK_BROKER_URL_TEMPLATE") or DEFAULT_BROKER_URL_TEMPLATE,
             k8s_broker=env.get("SKYLARK_K8S_BROKER") or "default",
             k8s_host=env.get("SKYLARK_K8S_HOST") or None,
             kubeconfig=env.get("KUBECONFIG") or None,
             k8s_refresh=env.get("SKYLARK_K8S_REFRESH") or "watch",
-            k8s_refresh_interval_s=_float(env, "SKYLARK_K8S_REFRESH_INTERVAL_S", 30.0),
-            elect_seed=_int(env, "SKYLARK_ELECT_SEED", None),
+            k8s_refresh_interval_s=env_float(env, "SKYLARK_K8S_REFRESH_INTERVAL_S", 30.0),
+            elect_seed=env_int(env, "SKYLARK_ELECT_SEED", None),
         )

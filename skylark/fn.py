@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from eventing import catalogue
 from eventing.http import InvalidEvent, new_event, parse, to_binary
 from eventing.publisher import Delivery, Publisher
-from skylark.errors import ConfigError, SkylarkError, StoreUnavailable
+from skylark.errors import SkylarkError, StoreUnavailable
 from skylark.names import validate_name
 from skylark.peers import PeerDirectory, StaticPeers
 from skylark.reader import BundleRead, BundleReader, RemoteStores
@@ -267,44 +267,6 @@ class NodeState:
     def close(self) -> None:
         self._pool.close()
         self.store.client.close()
-
-
-# -- settings of a function (each has a frozen dataclass with from_env in its own config module) --
-
-
-def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be >= {minimum}")
-    return value
-
-
-def env_float(env: Mapping[str, str], name: str, default: float,
-              minimum: float = 0.0, maximum: float = float("inf")) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not minimum <= value <= maximum:
-        raise ConfigError(f"{name}={value} must be within [{minimum}, {maximum}]")
-    return value
-
-
-def env_list(env: Mapping[str, str], name: str, default: Sequence[str]) -> tuple[str, ...]:
-    """A comma-separated list (blanks dropped); the default when unset."""
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return tuple(default)
-    return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
 # -- the function object and its app --------------------------------------------------------

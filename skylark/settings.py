@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
@@ -20,7 +20,8 @@ POLICIES = ("skylark", "random", "stateless")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int | None, minimum: int | None = None) -> int | None:
+    """``env[name]`` as an integer (the default when unset or empty); :class:`ConfigError` otherwise."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -28,12 +29,14 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
+    if minimum is not None and value < minimum:
         raise ConfigError(f"{name}={value} must be >= {minimum}")
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def env_float(env: Mapping[str, str], name: str, default: float, minimum: float | None = None,
+              maximum: float | None = None) -> float:
+    """``env[name]`` as a number within [minimum, maximum] (the default when unset or empty)."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -41,9 +44,19 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={value} must be > 0")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        low = "-inf" if minimum is None else minimum
+        high = "inf" if maximum is None else maximum
+        raise ConfigError(f"{name}={value} must be within [{low}, {high}]")
     return value
+
+
+def env_list(env: Mapping[str, str], name: str, default: Sequence[str]) -> tuple[str, ...]:
+    """A comma-separated list (blanks dropped); the default when unset."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return tuple(default)
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
 def validate_redis_url(url: str) -> str:
@@ -105,17 +118,17 @@ class Settings:
             redis_password=env.get("SKYLARK_REDIS_PASSWORD") or None,
             redis_username=env.get("SKYLARK_REDIS_USERNAME") or None,
             redis_ca_cert=env.get("SKYLARK_REDIS_CA_CERT") or None,
-            redis_timeout_s=_float(env, "SKYLARK_REDIS_TIMEOUT", cls.redis_timeout_s),
+            redis_timeout_s=env_float(env, "SKYLARK_REDIS_TIMEOUT", cls.redis_timeout_s, 0.001),
             change_stream=env.get("SKYLARK_CHANGE_STREAM") or cls.change_stream,
-            change_stream_maxlen=_int(env, "SKYLARK_CHANGE_STREAM_MAXLEN", cls.change_stream_maxlen, 1),
-            max_bundle_bytes=_int(env, "SKYLARK_MAX_BUNDLE_BYTES", cls.max_bundle_bytes, 1),
-            inline_max_bytes=_int(env, "SKYLARK_INLINE_MAX_BYTES", cls.inline_max_bytes, 0),
+            change_stream_maxlen=env_int(env, "SKYLARK_CHANGE_STREAM_MAXLEN", cls.change_stream_maxlen, 1),
+            max_bundle_bytes=env_int(env, "SKYLARK_MAX_BUNDLE_BYTES", cls.max_bundle_bytes, 1),
+            inline_max_bytes=env_int(env, "SKYLARK_INLINE_MAX_BYTES", cls.inline_max_bytes, 0),
             neighbors_url=env.get("SKYLARK_NEIGHBORS_URL") or cls.neighbors_url,
             policy=env.get("SKYLARK_POLICY") or cls.policy,
             broker_url=env.get("K_SINK") or None,
-            port=_int(env, "PORT", cls.port, 1),
+            port=env_int(env, "PORT", cls.port, 1),
             log_level=(env.get("SKYLARK_LOG_LEVEL") or cls.log_level).upper(),
-            propagation_wait_ms=_int(env, "SKYLARK_PROPAGATION_WAIT_MS", cls.propagation_wait_ms, 0),
+            propagation_wait_ms=env_int(env, "SKYLARK_PROPAGATION_WAIT_MS", cls.propagation_wait_ms, 0),
         )
 
     @property
