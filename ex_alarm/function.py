@@ -13,9 +13,8 @@ from eventing import catalogue
 from ex_alarm.config import FUNCTION, SOURCE_FUNCTION, AlarmSettings
 from ex_alarm.rule import InvalidDetections, parse_detections
 from skylark.errors import StoreUnavailable
-from skylark.fn import CloudEventFunction, Handled, NodeState, StageTimings, chain_of, data_object
-from skylark.fn import default_peers, origin_of, result_data, result_event, route_of, trace_of, version_of
-from skylark.peers import PeerDirectory
+from skylark.fn import StatefulFunction, Handled, StageTimings, chain_of, data_object
+from skylark.fn import origin_of, result_data, result_event, route_of, trace_of, version_of
 from skylark.web import ClientError
 
 ALARM, NO_ALARM = "alarm", "no_alarm"
@@ -25,25 +24,11 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class AlarmFunction(CloudEventFunction):
+class AlarmFunction(StatefulFunction):
     name = FUNCTION
     accepts = (catalogue.DETECT_COMPLETED,)
 
-    def __init__(self, settings: AlarmSettings, peers: PeerDirectory | None = None) -> None:
-        self.settings = settings
-        self._peers = peers
-        self.state: NodeState | None = None
-
-    def start(self) -> None:
-        core = self.settings.core
-        self.state = NodeState(core, self._peers or default_peers(core))
-
-    def stop(self) -> None:
-        if self.state is not None:
-            self.state.close()
-
-    def ready(self) -> tuple[bool, dict[str, Any]]:
-        return self.state.ready()
+    settings: AlarmSettings
 
     def handle(self, event: BaseCloudEvent) -> Handled:
         data = data_object(event)

@@ -15,9 +15,8 @@ from eventing import catalogue
 from ex_detect.config import FUNCTION, SOURCE_FUNCTION, DetectSettings
 from ex_detect.detector import Detection, Detector, View
 from skylark.bundle import Bundle
-from skylark.fn import CloudEventFunction, Handled, NodeState, StageTimings, chain_of, data_object
-from skylark.fn import default_peers, origin_of, result_data, result_event, route_of, trace_of, version_of
-from skylark.peers import PeerDirectory
+from skylark.fn import StatefulFunction, Handled, StageTimings, chain_of, data_object
+from skylark.fn import origin_of, result_data, result_event, route_of, trace_of, version_of
 from skylark.web import ClientError
 
 
@@ -63,27 +62,19 @@ def summary(detections: list[Detection]) -> dict[str, Any]:
     return {"count": len(detections), "classes": dict(counts), "max_score": best}
 
 
-class DetectFunction(CloudEventFunction):
+class DetectFunction(StatefulFunction):
     name = FUNCTION
     accepts = (catalogue.PREPROCESS_COMPLETED,)
 
-    def __init__(self, settings: DetectSettings, peers: PeerDirectory | None = None) -> None:
-        self.settings = settings
-        self._peers = peers
-        self.state: NodeState | None = None
-        self.detector: Detector | None = None
+    settings: DetectSettings
+    detector: Detector | None = None
 
     def start(self) -> None:
-        core = self.settings.core
         self.detector = Detector.load(self.settings.detector)  # the models, once per process
-        self.state = NodeState(core, self._peers or default_peers(core))
-
-    def stop(self) -> None:
-        if self.state is not None:
-            self.state.close()
+        super().start()
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
-        ok, detail = self.state.ready()
+        ok, detail = super().ready()
         return ok and self.detector is not None, {**detail, "models": list(self.detector.classes)}
 
     def handle(self, event: BaseCloudEvent) -> Handled:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 from cloudevents.core.base import BaseCloudEvent
 
@@ -13,31 +12,16 @@ from ex_preprocess.config import FUNCTION, PreprocessSettings
 from ex_preprocess.imaging import ImageTooLarge, InvalidImage, normalise
 from ex_preprocess.submission import read_submission
 from skylark.errors import BundleNotFound
-from skylark.fn import INLINE, CloudEventFunction, Handled, NodeState, StageTimings, default_peers
+from skylark.fn import INLINE, StatefulFunction, Handled, StageTimings
 from skylark.fn import result_data, result_event
-from skylark.peers import PeerDirectory
 from skylark.web import ClientError
 
 
-class PreprocessFunction(CloudEventFunction):
+class PreprocessFunction(StatefulFunction):
     name = FUNCTION
     accepts = (catalogue.IMAGE_SUBMITTED, catalogue.PING)
 
-    def __init__(self, settings: PreprocessSettings, peers: PeerDirectory | None = None) -> None:
-        self.settings = settings
-        self._peers = peers
-        self.state: NodeState | None = None
-
-    def start(self) -> None:
-        core = self.settings.core
-        self.state = NodeState(core, self._peers or default_peers(core))
-
-    def stop(self) -> None:
-        if self.state is not None:
-            self.state.close()
-
-    def ready(self) -> tuple[bool, dict[str, Any]]:
-        return self.state.ready()
+    settings: PreprocessSettings
 
     def _fetch(self, submission) -> tuple[bytes, str, str, float]:
         """The image bytes and where they came from (location, node, ms)."""

@@ -292,6 +292,27 @@ class CloudEventFunction:
         raise NotImplementedError
 
 
+class StatefulFunction(CloudEventFunction):
+    """A function that reads and writes Skylark state: its ``start`` opens this node's
+    :class:`NodeState` (``settings.core`` is the core settings), ``stop`` closes it, and it is
+    ready while the node's Redis answers."""
+
+    def __init__(self, settings: Any, peers: PeerDirectory | None = None) -> None:
+        self.settings = settings
+        self._peers = peers
+
+    def start(self) -> None:
+        core = self.settings.core
+        self.state = NodeState(core, self._peers or default_peers(core))
+
+    def stop(self) -> None:
+        if self.state is not None:
+            self.state.close()
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        return self.state.ready()
+
+
 def make_function_app(function: CloudEventFunction, settings: Settings, *,
                       max_body_bytes: int = 16 * 1024 * 1024,
                       publisher: Publisher | None = None) -> Flask:
