@@ -100,8 +100,7 @@ def create_app(settings: HandlerSettings | Settings | None = None, *, store: Sta
         publisher = Publisher(read_timeout_s=config.publish_timeout_s, retries=config.publish_retries,
                               pool_size=max(16, config.publish_workers * 2))
         closers.append(publisher.close)
-    remote = RemoteStores(targets.redis_url,
-                          ClientPool(password=core.redis_password, timeout_s=core.redis_timeout_s))
+    remote = RemoteStores(targets.redis_url, ClientPool.from_settings(core))  # log in as to our own Redis
     closers.append(remote.close)
 
     metrics = HandlerMetrics()

@@ -27,39 +27,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from skylark.errors import ConfigError
-from skylark.settings import Settings
+from skylark.settings import Settings, env_float, env_int
 
 _ENVELOPE_ALLOWANCE = 64 * 1024
 
 
 def default_max_request_bytes(inline_max_bytes: int) -> int:
     return max(1024 * 1024, inline_max_bytes * 4 // 3 + _ENVELOPE_ALLOWANCE)
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be >= {minimum}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={value} must be > 0")
-    return value
 
 
 @dataclass(frozen=True)
@@ -99,12 +73,12 @@ class HandlerSettings:
         key = env.get("SKYLARK_SIGNING_KEY") or None
         return cls(
             core=Settings.from_env(env),
-            dedupe_ttl_s=_int(env, "SKYLARK_DEDUPE_TTL", 86_400, 1),
+            dedupe_ttl_s=env_int(env, "SKYLARK_DEDUPE_TTL", 86_400, 1),
             signing_key=key.encode() if key else None,
-            publish_workers=_int(env, "SKYLARK_PUBLISH_WORKERS", 8, 1),
-            publish_timeout_s=_float(env, "SKYLARK_PUBLISH_TIMEOUT", 10.0),
-            publish_retries=_int(env, "SKYLARK_PUBLISH_RETRIES", 3, 0),
-            targets_ttl_s=_float(env, "SKYLARK_TARGETS_TTL", 5.0),
-            max_request_bytes=_int(env, "SKYLARK_MAX_REQUEST_BYTES", 0, 0),
-            warmup_max_pairs=_int(env, "SKYLARK_WARMUP_MAX_PAIRS", 1000, 1),
+            publish_workers=env_int(env, "SKYLARK_PUBLISH_WORKERS", 8, 1),
+            publish_timeout_s=env_float(env, "SKYLARK_PUBLISH_TIMEOUT", 10.0, 0.001),
+            publish_retries=env_int(env, "SKYLARK_PUBLISH_RETRIES", 3, 0),
+            targets_ttl_s=env_float(env, "SKYLARK_TARGETS_TTL", 5.0, 0.001),
+            max_request_bytes=env_int(env, "SKYLARK_MAX_REQUEST_BYTES", 0, 0),
+            warmup_max_pairs=env_int(env, "SKYLARK_WARMUP_MAX_PAIRS", 1000, 1),
         )

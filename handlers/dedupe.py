@@ -11,7 +11,7 @@ import hashlib
 
 import redis
 
-from handlers.redis_errors import unavailable_on_error
+from skylark.store import redis_errors
 
 PREFIX = "skylark:handlers:seen:"
 
@@ -28,9 +28,9 @@ class Deduper:
         return PREFIX + digest
 
     def seen(self, source: str, event_id: str) -> bool:
-        with unavailable_on_error("dedupe check"):
+        with redis_errors("dedupe check"):
             return bool(self._client.exists(self.key(source, event_id)))
 
     def mark(self, source: str, event_id: str) -> None:
-        with unavailable_on_error("dedupe mark"):
+        with redis_errors("dedupe mark"):
             self._client.set(self.key(source, event_id), b"1", nx=True, ex=self.ttl_s)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from handlers.redis_errors import unavailable_on_error
+from skylark.store import redis_errors
 from skylark import keys
 from skylark.bundle import Bundle, BundleMeta, Mechanism
 from skylark.errors import BundleNotFound, StoreUnavailable
@@ -51,7 +51,7 @@ def _digest_names(raw_meta: Mapping[bytes, bytes]) -> list[str]:
 def _single_snapshot(store: StateStore, chain: str, function: str) -> Bundle | None:
     meta_key = keys.meta_key(chain, function)
     client = store.client
-    with unavailable_on_error("single-state snapshot"):
+    with redis_errors("single-state snapshot"):
         names = _digest_names(client.hgetall(meta_key))
         for _ in range(_SNAPSHOT_ATTEMPTS):
             pipe = client.pipeline(transaction=True)

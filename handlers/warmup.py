@@ -30,7 +30,7 @@ from cloudevents.core.base import BaseCloudEvent
 from eventing.http import InvalidEvent
 from handlers.metrics import HandlerMetrics
 from handlers.rebuild import current_bundle
-from handlers.redis_errors import unavailable_on_error
+from skylark.store import redis_errors
 from handlers.targets import TargetResolver
 from skylark import keys
 from skylark.bundle import ApplyOutcome
@@ -189,7 +189,7 @@ class Warmer:
     def _scan(self, store: StateStore, patterns: Sequence[str]) -> tuple[list[tuple[str, str]], bool]:
         prefix = len(keys.meta_key("", "")) - 1  # "skylark:meta:"
         found: dict[tuple[str, str], None] = {}
-        with unavailable_on_error("warm-up scan"):
+        with redis_errors("warm-up scan"):
             for pattern in patterns:
                 for key in store.client.scan_iter(match=pattern, count=1000):
                     chain, _, function = key.decode(errors="replace")[prefix:].partition(":")
@@ -204,7 +204,7 @@ class Warmer:
         """Live versions (tombstones and absent pairs left out), one round trip."""
         if not pairs:
             return {}
-        with unavailable_on_error("warm-up versions"):
+        with redis_errors("warm-up versions"):
             pipe = store.client.pipeline(transaction=False)
             for chain, function in pairs:
                 pipe.hmget(keys.meta_key(chain, function), ["version", "deleted"])
@@ -216,7 +216,7 @@ class Warmer:
         """Local versions, counting tombstones: a deleted bundle is not brought back by an older copy."""
         if not pairs:
             return []
-        with unavailable_on_error("warm-up local versions"):
+        with redis_errors("warm-up local versions"):
             pipe = self.store.client.pipeline(transaction=False)
             for chain, function in pairs:
                 pipe.hget(keys.meta_key(chain, function), "version")

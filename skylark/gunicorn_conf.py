@@ -6,6 +6,7 @@ and a graceful stop on SIGTERM: gunicorn stops accepting, lets in-flight request
 """
 
 import os
+import pathlib
 
 # SKYLARK_BIND (comma-separated host:port list) is for the local cluster, which binds a service
 # to several management addresses at once; everywhere else it is $PORT on all interfaces.
@@ -37,3 +38,19 @@ logconfig_dict = {
 # gunicorn ≥ 24 opens a control socket at one fixed path per user; several services on one
 # machine (the local cluster) would fight over it, and nothing here uses it.
 control_socket_disable = True
+
+
+# Prometheus multiprocess mode (set PROMETHEUS_MULTIPROC_DIR): every worker writes its metrics
+# there, so a scrape of /metrics sums all workers instead of showing the one that answered.
+def on_starting(server):
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        for stale in pathlib.Path(directory).glob("*.db"):
+            stale.unlink()
+
+
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

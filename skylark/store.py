@@ -65,8 +65,9 @@ def _now_ms() -> int:
 
 
 @contextmanager
-def _redis_errors(what: str) -> Iterator[None]:
-    """Turn connection-level failures into :class:`StoreUnavailable` (callers answer 503)."""
+def redis_errors(what: str) -> Iterator[None]:
+    """Turn redis-py failures into :class:`StoreUnavailable` (callers answer 503): for code
+    that talks to a node's Redis directly, next to the store."""
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -175,7 +176,7 @@ class StateStore:
         commands and returns a function of the EXEC results.
         """
         data_key, meta_key = keys.bundle_key(chain, function), keys.meta_key(chain, function)
-        with _redis_errors(what):
+        with redis_errors(what):
             with self.client.pipeline(transaction=True) as pipe:
                 for _ in range(MAX_ATTEMPTS):
                     try:
@@ -386,7 +387,7 @@ class StateStore:
         """The whole bundle in one round trip; :class:`BundleNotFound` if there is none."""
         validate_name("chain id", chain)
         validate_name("function name", function)
-        with _redis_errors("get_bundle"):
+        with redis_errors("get_bundle"):
             pipe = self.client.pipeline(transaction=True)
             pipe.hgetall(keys.bundle_key(chain, function))
             pipe.hgetall(keys.meta_key(chain, function))
@@ -400,7 +401,7 @@ class StateStore:
         """Metadata only (version, size, checksum...), or ``None`` when absent or deleted."""
         validate_name("chain id", chain)
         validate_name("function name", function)
-        with _redis_errors("get_meta"):
+        with redis_errors("get_meta"):
             raw = self.client.hmget(keys.meta_key(chain, function),
                                     ["version", "node", "updated_ms", "size", "checksum", "fields",
                                      "mechanism", "deleted"])
@@ -411,7 +412,7 @@ class StateStore:
 
     def local_version(self, chain: str, function: str) -> int:
         """The stored version, counting tombstones (0 when nothing was ever stored)."""
-        with _redis_errors("local_version"):
+        with redis_errors("local_version"):
             raw = self.client.hget(keys.meta_key(chain, function), "version")
         return int(raw) if raw is not None else 0
 
@@ -423,7 +424,7 @@ class StateStore:
         validate_name("chain id", chain)
         validate_name("function name", function)
         out: dict[str, bytes] = {}
-        with _redis_errors("get_single"):
+        with redis_errors("get_single"):
             for name in names:
                 validate_name("field name", name)
                 value = self.client.get(keys.single_key(chain, function, name))
