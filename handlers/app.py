@@ -20,7 +20,7 @@ from flask import Flask
 
 from eventing.publisher import Publisher
 from handlers.config import HandlerSettings
-from handlers.dedupe import Deduper
+from skylark.dedupe import Deduper
 from handlers.ingress import EXTENSION, bp as events_bp
 from handlers.metrics import HandlerMetrics
 from handlers.propagate import Propagator

@@ -23,7 +23,7 @@ from cloudevents.core.base import BaseCloudEvent
 
 from handlers import signing
 from handlers.bundle_event import Claim, decode_propagation
-from handlers.dedupe import Deduper
+from skylark.dedupe import Deduper
 from handlers.metrics import HandlerMetrics
 from handlers.rebuild import current_bundle
 from skylark.bundle import ApplyOutcome, Bundle

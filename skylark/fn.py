@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from eventing import catalogue
 from eventing.http import InvalidEvent, new_event, parse, to_binary
 from eventing.publisher import Delivery, Publisher
+from skylark.dedupe import Deduper
 from skylark.errors import SkylarkError, StoreUnavailable
 from skylark.names import validate_name
 from skylark.peers import PeerDirectory, StaticPeers
@@ -325,6 +326,8 @@ def make_function_app(function: CloudEventFunction, settings: Settings, *,
     function.start()
     sink = settings.broker_url
     publisher = publisher or Publisher()
+    deduper = (Deduper(function.state.store.client, prefix=f"skylark:fn:{function.name}:seen:")
+               if function.state is not None else None)
 
     app = Flask(f"skylark.{function.name}")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
@@ -351,6 +354,12 @@ def make_function_app(function: CloudEventFunction, settings: Settings, *,
             raise ClientError(400, "unsupported_event_type",
                               f"{function.name} accepts {', '.join(function.accepts)}, "
                               f"not {event.get_type()!r}")
+        # A redelivered input whose result was already published is acknowledged, not redone
+        # (no second state version, no second alarm record). In reply mode the result travels in
+        # the answer, which may have been lost: there the input is handled again.
+        if deduper is not None and deduper.seen(event.get_source(), event.get_id()):
+            events.labels(function.name, "duplicate").inc()
+            return Response(status=202)
         handled = function.handle(event)
         t = handled.timings
         for stage, ms in (("fetch", t.fetch_ms), ("compute", t.compute_ms), ("store", t.store_ms)):
@@ -361,6 +370,8 @@ def make_function_app(function: CloudEventFunction, settings: Settings, *,
             "outcome": handled.outcome, **t.timings(), **handled.extra,
         })
         if handled.event is None:
+            if deduper is not None:
+                deduper.mark(event.get_source(), event.get_id())
             return Response(status=204)
         destination = _destination(function, handled.event, sink)
         if destination is None:
@@ -376,6 +387,8 @@ def make_function_app(function: CloudEventFunction, settings: Settings, *,
             # 503: Knative redelivers the input; the state write repeats (same content, new
             # version) and the result event keeps its id, so the next stage can dedupe.
             raise ClientError(503, "sink_unavailable", f"K_SINK not reachable: {outcome.reason}")
+        if deduper is not None:
+            deduper.mark(event.get_source(), event.get_id())
         return Response(status=202)
 
     return app

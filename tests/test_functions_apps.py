@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -201,6 +202,22 @@ def test_a_routed_result_goes_to_the_broker_of_the_routes_first_node(node_a, red
     # a route through a node nobody knows is refused (the state is stored, the chain stops)
     unknown = post_event(app.url, submitted("chain-u", encode(chelsea()), route=["node-x"]))
     assert_json_error(unknown, 400, "unknown_route_node")
+
+
+def test_a_redelivered_input_is_acknowledged_without_being_redone(node_a, redis_client, serve):
+    recorder = Recorder()
+    sink = serve(recorder.app())
+    app = serve(preprocess_app(PreprocessSettings(core=core(node_a, broker_url=f"{sink.url}/default/skylark"))))
+    event = submitted("chain-twice", encode(chelsea()))
+    assert post_event(app.url, event).status_code == 202
+    assert post_event(app.url, event).status_code == 202  # Knative delivering it again
+    assert len(recorder.wait_for(1)) == 1
+    time.sleep(0.2)
+    assert len(recorder.events) == 1
+    assert StateStore(redis_client, node="node-a").get_meta("chain-twice", "preprocess").version == 1
+    assert redis_client.xlen(keys.DEFAULT_CHANGE_STREAM) == 1
+    metrics = requests.get(f"{app.url}/metrics").text
+    assert 'skylark_function_events_total{function="preprocess",outcome="duplicate"} 1.0' in metrics
 
 
 def test_with_k_sink_the_result_is_published_and_the_answer_is_202(node_a, redis_client, serve):

@@ -1,8 +1,9 @@
 """Remember which events were handled, by (source, id), in the node's Redis.
 
 Knative delivers at least once. The mark lives in Redis, so every gunicorn worker (and every
-replica on the node) shares it, and it is set only after the event's effect is stored: a
-delivery that failed half-way is retried by Knative instead of being acknowledged as a duplicate.
+replica on the node) shares it, and it is set only after the event's effect is stored (and, for
+a function, its result published): a delivery that failed half-way is retried by Knative
+instead of being acknowledged as a duplicate. Used by the handlers and the functions.
 """
 
 from __future__ import annotations
@@ -13,19 +14,20 @@ import redis
 
 from skylark.store import redis_errors
 
-PREFIX = "skylark:handlers:seen:"
+DEFAULT_TTL_S = 86_400
 
 
 class Deduper:
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int = DEFAULT_TTL_S, *,
+                 prefix: str = "skylark:handlers:seen:") -> None:
         self._client = client
         self.ttl_s = ttl_s
+        self.prefix = prefix
 
-    @staticmethod
-    def key(source: str, event_id: str) -> str:
+    def key(self, source: str, event_id: str) -> str:
         # Hashed: source and id are client-chosen strings of any length.
         digest = hashlib.sha1(f"{source}\0{event_id}".encode()).hexdigest()
-        return PREFIX + digest
+        return self.prefix + digest
 
     def seen(self, source: str, event_id: str) -> bool:
         with redis_errors("dedupe check"):
