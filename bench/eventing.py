@@ -21,14 +21,13 @@ import time
 import redis
 import requests
 from rich.console import Console
-from werkzeug.serving import make_server
 
 from bench.common import print_table, ratio, summarize
 from eventing import catalogue
 from eventing.broker import LocalBroker
-from eventing.broker.local import QuietRequestHandler
 from eventing.publisher import Publisher
 from eventing.redisstream import encode_stream_event, to_go_binary
+from skylark.threaded_server import ThreadedServer
 from eventing.source import StreamSource
 from skylark.embedded import EmbeddedRedis
 
@@ -48,12 +47,8 @@ class TrivialSink:
     def __init__(self) -> None:
         self.arrivals: dict[str, tuple[float, str | None]] = {}
         self._lock = threading.Condition()
-        self._server = make_server("127.0.0.1", 0, self._app, threaded=True,
-                                   request_handler=QuietRequestHandler)
-        self.url = f"http://127.0.0.1:{self._server.server_port}/"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-        self._thread.start()
+        self._server = ThreadedServer(self._app, name="trivial-sink").start()
+        self.url = self._server.url + "/"
 
     def _app(self, environ, start_response):
         length = int(environ.get("CONTENT_LENGTH") or 0)

@@ -12,11 +12,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from eventing.broker.local import QuietRequestHandler
 from skylark.embedded import free_port
+from skylark.threaded_server import ThreadedServer
 
 # --- What knative-extensions/eventing-redis's adapter POSTs for one entry (binary mode) ------------
 # XADD skylark:changes * chain c1 function preprocess op put mechanism bundled fields "img,meta<1>"
@@ -80,7 +79,6 @@ class Sink:
     respond: Responder = ok_responder
     received: list[Received] = field(default_factory=list)
     _server: object = None
-    _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _arrived: threading.Condition = field(init=False)
 
@@ -105,18 +103,12 @@ class Sink:
         return Response(body, status=status, headers=headers)(environ, start_response)
 
     def start(self) -> "Sink":
-        self._server = make_server("127.0.0.1", self.port, self._app, threaded=True,
-                                   request_handler=QuietRequestHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-        self._thread.start()
+        self._server = ThreadedServer(self._app, port=self.port, name="sink").start()
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(5)
+            self._server.stop()
             self._server = None
 
     def wait_for(self, count: int, timeout: float = 10.0) -> bool:

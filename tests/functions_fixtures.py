@@ -21,10 +21,10 @@ from cloudevents.core.base import BaseCloudEvent
 from flask import Flask, Response, request
 from PIL import Image
 from skimage import data as skdata
-from werkzeug.serving import make_server
 
 from eventing import catalogue
 from eventing.http import new_event, parse, to_binary
+from skylark.threaded_server import ThreadedServer
 
 # Where the astronaut's (Eileen Collins') face is in skimage.data.astronaut() (512×512), checked
 # by eye on the image: the detections must overlap this box.
@@ -76,21 +76,15 @@ def overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float
     return w * h / min(aw * ah, bw * bh)
 
 
-class Server:
-    """A WSGI app on 127.0.0.1:<free port> in a thread (real HTTP)."""
+class Server(ThreadedServer):
+    """A function's (or any) app on 127.0.0.1:<free port> in a thread; stopping it stops the function."""
 
     def __init__(self, app: Flask) -> None:
-        self.app = app
-        self._server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-        self._thread.start()
+        super().__init__(app, quiet=False, name="function")
+        self.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._thread.join(5)
-        self._server.server_close()
+        super().stop()
         function = self.app.extensions.get("skylark.function")
         if function is not None:
             function.stop()

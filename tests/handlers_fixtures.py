@@ -9,7 +9,6 @@ policies (``handlers.targets.PolicyTargets``).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 from flask import Flask
-from werkzeug.serving import make_server
 
 from eventing import catalogue
 from eventing.broker.local import LocalBroker
@@ -27,6 +25,7 @@ from handlers.config import HandlerSettings
 from handlers.targets import PolicyTargets
 from neighbors_service.policies import SLO
 from neighbors_service.topology import Link, Node, Topology
+from skylark.threaded_server import ThreadedServer
 from skylark.bundle import BundleMeta
 from skylark.embedded import EmbeddedRedis
 from skylark.redis_client import connect
@@ -50,20 +49,12 @@ def bundle_trigger(node: str) -> dict:
     }
 
 
-class ServerThread:
-    """A WSGI app on a real HTTP server in a daemon thread."""
+class ServerThread(ThreadedServer):
+    """A WSGI app on a real HTTP server in a daemon thread, serving from construction on."""
 
     def __init__(self, app: Flask, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = make_server(host, port, app, threaded=True)
-        self.url = f"http://{host}:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._thread.join(5)
-        self._server.server_close()
+        super().__init__(app, host, port, quiet=False, name="handlers-test")
+        self.start()
 
 
 class TopologyHolder:

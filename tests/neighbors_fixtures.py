@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from skylark.embedded import free_port
+from skylark.threaded_server import ThreadedServer
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.02) -> Any:
@@ -45,7 +45,6 @@ class ServedApp:
         self.requests = 0
         self._lock = threading.Lock()
         self._server = None
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -57,21 +56,13 @@ class ServedApp:
         return self.app(environ, start_response)
 
     def start(self) -> "ServedApp":
-        self._server = make_server("127.0.0.1", self.port, self._counting, threaded=True)
-        # A short poll interval: shutdown() waits up to one interval, and tests stop many servers.
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        daemon=True)
-        self._thread.start()
+        self._server = ThreadedServer(self._counting, port=self.port, quiet=False, name="served-app").start()
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
 
 
 @pytest.fixture()

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
-
-from werkzeug.serving import WSGIRequestHandler, make_server
 
 from eventing.broker.app import EXTENSION_KEY, BrokerConfig, create_app
 from eventing.broker.dispatcher import BrokerStats, Dispatcher
 from eventing.broker.triggers import Trigger
-
-
-class QuietRequestHandler(WSGIRequestHandler):
-    """No access-log line per request (the broker counts and logs what matters itself)."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
+from skylark.threaded_server import ThreadedServer
 
 
 class LocalBroker:
@@ -37,10 +28,10 @@ class LocalBroker:
         self.app = create_app(self.config, triggers=list(triggers) if triggers is not None else None,
                               services=self.config.services)
         self.dispatcher: Dispatcher = self.app.extensions[EXTENSION_KEY]
-        self._server = make_server(host, port, self.app, threaded=True, request_handler=QuietRequestHandler)
+        # Quiet: the broker counts and logs what matters itself.
+        self._server = ThreadedServer(self.app, host, port, name="local-broker")
         self.host = host
-        self.port = self._server.server_port
-        self._thread: threading.Thread | None = None
+        self.port = self._server.port
 
     @property
     def base_url(self) -> str:
@@ -56,10 +47,7 @@ class LocalBroker:
         return self.dispatcher.stats
 
     def start(self) -> "LocalBroker":
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                            name=f"local-broker-{self.port}", daemon=True)
-            self._thread.start()
+        self._server.start()
         return self
 
     def drain(self, timeout: float = 10.0) -> bool:
@@ -67,11 +55,7 @@ class LocalBroker:
         return self.dispatcher.drain(timeout)
 
     def stop(self, drain_timeout: float = 0.0) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(5)
-            self._thread = None
-        self._server.server_close()
+        self._server.stop()
         self.dispatcher.close(drain_timeout)
 
     def __enter__(self) -> "LocalBroker":
