@@ -85,8 +85,7 @@ class TrivialSink:
             self.arrivals.clear()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
 
 def raw_stream_floor(client: redis.Redis, n: int) -> tuple[list[float], float]:
