@@ -14,7 +14,7 @@ from ex_alarm.config import FUNCTION, SOURCE_FUNCTION, AlarmSettings
 from ex_alarm.rule import InvalidDetections, parse_detections
 from skylark.errors import StoreUnavailable
 from skylark.fn import StatefulFunction, Handled, StageTimings, chain_of, data_object
-from skylark.fn import origin_of, result_data, result_event, route_of, trace_of, version_of
+from skylark.fn import origin_of, result_data, result_event, route_of, size_hint, trace_of, version_of
 from skylark.web import ClientError
 
 ALARM, NO_ALARM = "alarm", "no_alarm"
@@ -37,7 +37,7 @@ class AlarmFunction(StatefulFunction):
         trace, route = trace_of(data), route_of(data)
         node, rule = self.settings.core.node, self.settings.rule
 
-        read = self.state.read(chain, SOURCE_FUNCTION, origin, version_of(event))
+        read = self.state.read(chain, SOURCE_FUNCTION, origin, version_of(event), size_hint(data))
 
         start = time.perf_counter()
         try:

@@ -16,7 +16,7 @@ from ex_detect.config import FUNCTION, SOURCE_FUNCTION, DetectSettings
 from ex_detect.detector import Detection, Detector, View
 from skylark.bundle import Bundle
 from skylark.fn import StatefulFunction, Handled, StageTimings, chain_of, data_object
-from skylark.fn import origin_of, result_data, result_event, route_of, trace_of, version_of
+from skylark.fn import origin_of, result_data, result_event, route_of, size_hint, trace_of, version_of
 from skylark.web import ClientError
 
 
@@ -84,7 +84,7 @@ class DetectFunction(StatefulFunction):
         trace, route = trace_of(data), route_of(data)
         node = self.settings.core.node
 
-        read = self.state.read(chain, SOURCE_FUNCTION, origin, version_of(event))  # 404 when nobody has it
+        read = self.state.read(chain, SOURCE_FUNCTION, origin, version_of(event), size_hint(data))  # 404 when nobody has it
 
         start = time.perf_counter()
         try:
@@ -112,5 +112,5 @@ class DetectFunction(StatefulFunction):
         timings = StageTimings(FUNCTION, node, read.location, read.node, read.elapsed_ms,
                                compute_ms, store_ms, put.meta.version)
         out = result_event(catalogue.DETECT_COMPLETED, cause=event, chain=chain, timings=timings,
-                           data=result_data(chain, timings, trace, route, **stats))
+                           data=result_data(chain, timings, trace, route, size=put.meta.size, **stats))
         return Handled(out, "completed", timings, chain, {"detections": stats["count"]})

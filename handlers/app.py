@@ -25,7 +25,7 @@ from handlers.ingress import EXTENSION, bp as events_bp
 from handlers.metrics import HandlerMetrics
 from handlers.propagate import Propagator
 from handlers.receive import Receiver
-from handlers.targets import TargetResolver, targets_from_neighbors
+from neighbors_service.targets import TargetResolver, targets_from_neighbors
 from handlers.warmup import Warmer
 from skylark.logs import configure_logging
 from skylark.reader import RemoteStores

@@ -31,7 +31,7 @@ from eventing.redisstream import decode_stream_event
 from handlers.bundle_event import encode_payload, propagation_event
 from handlers.metrics import HandlerMetrics
 from handlers.rebuild import current_bundle
-from handlers.targets import Target, TargetResolver
+from neighbors_service.targets import Target, TargetResolver
 from skylark.errors import BundleNotFound
 from skylark.store import StateStore
 from skylark.web import ClientError

@@ -31,7 +31,7 @@ from eventing.http import InvalidEvent
 from handlers.metrics import HandlerMetrics
 from handlers.rebuild import current_bundle
 from skylark.store import redis_errors
-from handlers.targets import TargetResolver
+from neighbors_service.targets import TargetResolver
 from skylark import keys
 from skylark.bundle import ApplyOutcome
 from skylark.errors import BundleNotFound, BundleTooLarge, ChecksumMismatch, StoreUnavailable

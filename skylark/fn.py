@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -233,22 +233,51 @@ def default_peers(settings: Settings, env: Mapping[str, str] | None = None) -> P
     return StaticPeers.from_env(env)
 
 
-class NodeState:
-    """This node's :class:`StateStore` and a :class:`BundleReader` that falls back to peers."""
+def default_propagation(settings: Settings, env: Mapping[str, str] | None = None):
+    """The handlers' propagation policy as the neighbors service serves it (cached), and a
+    function that closes it, when ``SKYLARK_NEIGHBORS_URL`` is set and the policy propagates;
+    else ``(None, None)``."""
+    env = os.environ if env is None else env
+    if settings.policy == "stateless" or not env.get("SKYLARK_NEIGHBORS_URL"):
+        return None, None
+    from neighbors_service.targets import targets_from_neighbors  # noqa: PLC0415 - HTTP adapter
 
-    def __init__(self, settings: Settings, peers: PeerDirectory) -> None:
+    return targets_from_neighbors(settings.neighbors_url, policy=settings.policy)
+
+
+def size_hint(data: Mapping[str, Any]) -> int:
+    """``data.size`` (bytes of the state the event announces) when the sender gave it, else 0."""
+    size = data.get("size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else 0
+
+
+class NodeState:
+    """This node's :class:`StateStore` and a :class:`BundleReader` that falls back to peers.
+
+    ``propagation`` (the neighbors service's policy, see ``neighbors_service.targets``) tells
+    whether a bundle written elsewhere is pushed to this node; only then does a read wait a
+    little for it (``SKYLARK_PROPAGATION_WAIT_MS``) before reading it across the link.
+    """
+
+    def __init__(self, settings: Settings, peers: PeerDirectory, propagation=None) -> None:
         self.store = StateStore.from_settings(settings)
         self.peers = peers
         self._pool = ClientPool.from_settings(settings)  # log in to peers as to our own Redis
         self.reader = BundleReader(self.store, RemoteStores(_GuardedPeers(peers).redis_url, self._pool))
-        # Under a propagating policy the bundle announced by an event is usually on its way
-        # here: wait a little for it before paying a read across the link.
-        self.wait_ms = 0 if settings.policy == "stateless" else settings.propagation_wait_ms
+        self._propagation = propagation
+        self.wait_ms = 0 if settings.policy == "stateless" or propagation is None else settings.propagation_wait_ms
 
-    def read(self, chain: str, function: str, origin: str | None, min_version: int | None = None) -> BundleRead:
+    def read(self, chain: str, function: str, origin: str | None, min_version: int | None = None,
+             size_bytes: int = 0) -> BundleRead:
         """The bundle (of at least ``min_version``) from the local Redis, else from ``origin``'s
         (where it was written)."""
-        wait = self.wait_ms if origin and origin != self.store.node and min_version else 0
+        wait = 0
+        if self.wait_ms and origin and origin != self.store.node and min_version:
+            try:
+                coming = self._propagation.may_receive(self.store.node, origin, size_bytes)
+            except (SkylarkError, ConnectionError, OSError):
+                coming = False  # the neighbors service is down: do not wait on a guess
+            wait = self.wait_ms if coming else 0
         return self.reader.read(chain, function, [origin] if origin else [],
                                 min_version=min_version or 0, wait_local_ms=wait)
 
@@ -298,17 +327,22 @@ class StatefulFunction(CloudEventFunction):
     :class:`NodeState` (``settings.core`` is the core settings), ``stop`` closes it, and it is
     ready while the node's Redis answers."""
 
+    _close_propagation: Callable[[], None] | None = None
+
     def __init__(self, settings: Any, peers: PeerDirectory | None = None) -> None:
         self.settings = settings
         self._peers = peers
 
     def start(self) -> None:
         core = self.settings.core
-        self.state = NodeState(core, self._peers or default_peers(core))
+        propagation, self._close_propagation = default_propagation(core)
+        self.state = NodeState(core, self._peers or default_peers(core), propagation)
 
     def stop(self) -> None:
         if self.state is not None:
             self.state.close()
+        if self._close_propagation is not None:
+            self._close_propagation()
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         return self.state.ready()

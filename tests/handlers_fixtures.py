@@ -4,7 +4,7 @@ Each node has its own real redis-server, its own handlers app on a real HTTP ser
 threaded) and its own local broker serving the chart's per-node ``bundle-propagated`` Trigger; optionally
 a local stream source that feeds the node's change stream to its handlers, as a
 RedisStreamSource would. Targets come from an in-process topology and the real election
-policies (``handlers.targets.PolicyTargets``).
+policies (``neighbors_service.targets.PolicyTargets``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from eventing.broker.local import LocalBroker
 from eventing.source import StreamSource
 from handlers.app import Services, create_app, services_of
 from handlers.config import HandlerSettings
-from handlers.targets import PolicyTargets
+from neighbors_service.targets import PolicyTargets
 from neighbors_service.policies import SLO
 from neighbors_service.topology import Link, Node, Topology
 from skylark.threaded_server import ThreadedServer

@@ -16,7 +16,7 @@ from eventing.redisstream import encode_stream_event, to_go_binary
 from handlers.app import create_app, services_of
 from handlers.bundle_event import encode_payload, propagation_event
 from handlers.config import HandlerSettings
-from handlers.targets import PolicyTargets
+from neighbors_service.targets import PolicyTargets
 from neighbors_service.topology import Node, Topology
 from skylark.bundle import make_bundle
 from skylark.settings import Settings

@@ -1,6 +1,7 @@
-"""Where a bundle goes and where other nodes' Redis are: the one interface the handlers need.
+"""Where a bundle goes and where other nodes' Redis are: what the handlers (and the functions,
+to know whether a bundle is coming to them) need from the neighbors service.
 
-The handlers never call the neighbors service per event. :class:`PolicyTargets` runs the
+Neither calls the neighbors service per event. :class:`PolicyTargets` runs the
 neighbors service's own election code (``neighbors_service.policies``) in-process on a topology
 and SLO snapshot; :func:`targets_from_neighbors` feeds it from the service over HTTP, refreshed
 at most every ``ttl_s`` seconds (a stale snapshot is served while the service blinks).
@@ -96,6 +97,13 @@ class PolicyTargets:
         if node not in topology:
             return []
         return [n.name for n in topology.neighbors(node) if n.ready]
+
+    def may_receive(self, node: str, origin: str, size_bytes: int) -> bool:
+        """Whether the policy may push a bundle of ``size_bytes`` written on ``origin`` to ``node``
+        (for ``random``: whether ``node`` is one of the ready neighbours it picks from)."""
+        if self.policy == "random":
+            return node in self.neighbors(origin)
+        return any(t.node == node for t in self.targets(origin, "", size_bytes))
 
 
 class _Cached:
