@@ -1,0 +1,38 @@
+"""NodeState: a successor waits for a propagated copy only when the policy sends it there."""
+
+from __future__ import annotations
+
+from neighbors_service.targets import PolicyTargets
+from neighbors_service.topology import Topology
+from skylark.fn import NodeState
+from skylark.peers import StaticPeers
+from skylark.redis_client import connect
+from skylark.settings import Settings
+from skylark.store import StateStore
+
+
+def test_waits_only_where_the_bundle_is_pushed(redis_factory):
+    a, b, c = redis_factory(), redis_factory(), redis_factory()
+    topology = Topology.from_dict({
+        "nodes": [{"name": n, "type": "edge", "redis_url": r.url, "broker_url": f"http://{n}.invalid/"}
+                  for n, r in (("node-a", a), ("node-b", b), ("node-c", c))],
+        "links": [{"a": "node-a", "b": "node-b", "latency_ms": 10, "bandwidth_mbps": 90},
+                  {"a": "node-b", "b": "node-c", "latency_ms": 10, "bandwidth_mbps": 90}],
+    })
+    peers = StaticPeers.from_mapping({"node-a": {"redis_url": a.url}})
+    version = StateStore(connect(a.url), node="node-a").put("chain", "preprocess", {"x": b"1"}).meta.version
+    propagation = PolicyTargets.fixed(topology)
+
+    def state(node: str, server, policy: str = "skylark") -> NodeState:
+        settings = Settings(node=node, redis_url=server.url, policy=policy, propagation_wait_ms=300)
+        return NodeState(settings, peers, propagation)
+
+    # node-b is node-a's neighbour, so the bundle is on its way there: it waits, then reads remotely
+    read = state("node-b", b).read("chain", "preprocess", "node-a", version)
+    assert read.location == "remote" and read.waited_ms >= 250
+    # node-c is no target of node-a: it reads across the link at once
+    read = state("node-c", c).read("chain", "preprocess", "node-a", version)
+    assert read.location == "remote" and read.waited_ms == 0 and read.elapsed_ms < 250
+    # the stateless baseline never waits
+    read = state("node-b", b, "stateless").read("chain", "preprocess", "node-a", version)
+    assert read.location == "remote" and read.waited_ms == 0
