@@ -74,14 +74,14 @@ class BundleReader:
         """
         start = time.perf_counter()
         failures: list[str] = []
+        waited = 0.0
         try:
-            bundle, waited_local = self._wait_local(chain, function, min_version, start + wait_local_ms / 1000)
+            bundle, waited = self._wait_local(chain, function, min_version, start + wait_local_ms / 1000)
             if bundle is not None:
                 elapsed = (time.perf_counter() - start) * 1000
-                return BundleRead(bundle, LOCAL, self.local.node, elapsed, waited_local)
+                return BundleRead(bundle, LOCAL, self.local.node, elapsed, waited)
         except StoreUnavailable as exc:
             failures.append(f"{self.local.node}: {exc}")
-        waited = (time.perf_counter() - start) * 1000
         for node in candidates:
             if node == self.local.node or self.remote is None:
                 continue
@@ -120,6 +120,6 @@ class BundleReader:
                     return bundle, waited
             now = time.perf_counter()
             if now >= deadline:
-                return None, waited
+                return None, (now - start) * 1000 if deadline > start else 0.0
             waited = (now - start) * 1000
             time.sleep(min(POLL_S, deadline - now))
