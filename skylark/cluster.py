@@ -114,14 +114,12 @@ class LocalCluster:
         # Validate it the way the neighbors service will (clear errors before anything starts).
         from neighbors_service.sources.file import parse_topology_document
 
-        parse_topology_document(document, str(self.topology_path))
+        _, _, self._snapshots = parse_topology_document(document, str(self.topology_path))
         return document
 
     def _links(self) -> list[LinkSpec]:
-        from neighbors_service.sources.file import parse_topology_document
-
-        _, _, snapshots = parse_topology_document(self.document, str(self.topology_path))
-        return [LinkSpec(l.a, l.b, l.latency_ms, l.bandwidth_mbps) for l in snapshots[0].links]
+        """The links to emulate: the first snapshot's (the emulation is static for a run)."""
+        return [LinkSpec(l.a, l.b, l.latency_ms, l.bandwidth_mbps) for l in self._snapshots[0].links]
 
     def _allocate(self) -> None:
         if self.emulate_network:
