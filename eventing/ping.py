@@ -35,6 +35,7 @@ from cloudevents.core.v1.event import CloudEvent
 from croniter import croniter
 
 from eventing import catalogue
+from eventing.background import BackgroundSource
 from eventing.broker.triggers import Destination
 from eventing.http import to_binary
 from eventing.publisher import PublishOutcome, Publisher
@@ -55,7 +56,7 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-class PingSource:
+class PingSource(BackgroundSource):
     def __init__(self, schedule: str, sink_url: str, data: str | None = None, data_base64: str | None = None,
                  content_type: str | None = JSON, timezone: str | None = "UTC", *, name: str = "ping",
                  namespace: str = "default", extensions: Mapping[str, str] | None = None,
@@ -81,14 +82,11 @@ class PingSource:
         self.namespace = namespace
         self.extensions = {str(k): str(v) for k, v in (extensions or {}).items()}
         self.body = _body(data, data_base64, self.content_type)
-        self._own_publisher = publisher is None
-        self.publisher = publisher or Publisher()
+        super().__init__(publisher, f"ping-{name}")
         self.jitter_s = jitter_s
         self.clock = clock
         self.sent = 0
         self.failed = 0
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any], services: Mapping[str, str], **kwargs: Any) -> "PingSource":
@@ -151,21 +149,6 @@ class PingSource:
                 self.fire_once()
             due = self.next_fire(max(due, self.clock()))
 
-    def start(self) -> "PingSource":
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self.run, args=(self._stop,), name=f"ping-{self.name}",
-                                            daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        if self._own_publisher:
-            self.publisher.close()
 
 
 def _body(data: str | None, data_base64: str | None, content_type: str | None) -> bytes | None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from eventing.background import BackgroundSource
 from eventing.dataplane import is_retryable
 from eventing.publisher import PublishOutcome, Publisher
 from eventing.redisstream import encode_stream_event, flat_array, text_of, to_go_binary
@@ -69,7 +70,7 @@ class _State:
     stats: SourceStats = field(default_factory=SourceStats)
 
 
-class StreamSource:
+class StreamSource(BackgroundSource):
     """Reads ``stream`` with consumer ``consumer`` of ``group`` and POSTs each entry to ``sink_url``."""
 
     def __init__(self, redis_client: redis.Redis, stream: str, group: str, consumer: str,
@@ -91,14 +92,12 @@ class StreamSource:
         self.claim_idle_ms = claim_idle_ms
         self.dead_letter_stream = dead_letter_stream or keys.dead_letter_stream(stream)
         # One POST per attempt: retries are the source's business (counted, then dead-lettered).
-        self._own_publisher = publisher is None
-        self.publisher = publisher or Publisher(retries=0, connect_timeout_s=1.0, read_timeout_s=10.0)
+        super().__init__(publisher, f"stream-source-{consumer}", retries=0, connect_timeout_s=1.0,
+                         read_timeout_s=10.0)
         self.namespace = namespace      # the real adapter's Kn-Namespace header
         self.extensions = dict(extensions or {})  # the RedisStreamSource's ceOverrides
         self._attempts_key = attempts_key(stream, group)
         self._state = _State()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
 
     @property
     def stats(self) -> SourceStats:
@@ -121,22 +120,6 @@ class StreamSource:
             except redis.RedisError as exc:
                 log.warning("stream source: redis error, retrying", extra={"error": str(exc)})
                 stop_event.wait(0.5)
-
-    def start(self) -> "StreamSource":
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self.run, args=(self._stop,),
-                                            name=f"stream-source-{self.consumer}", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        if self._own_publisher:
-            self.publisher.close()
 
     # -- one step ----------------------------------------------------------------------------
 

@@ -205,18 +205,25 @@ def result_event(type_: str, *, cause: BaseCloudEvent, chain: str, timings: Stag
 
 
 class _GuardedPeers:
-    """A PeerDirectory whose lookup failures (e.g. the neighbors service down) are a 503."""
+    """A PeerDirectory whose lookup failures (e.g. the neighbors service down) are a 503, and
+    whose unknown nodes are None."""
 
     def __init__(self, peers: PeerDirectory) -> None:
         self._peers = peers
 
-    def redis_url(self, node: str) -> str | None:
+    def _lookup(self, what: str, resolve: Callable[[str], str | None], node: str) -> str | None:
         try:
-            return self._peers.redis_url(node)
+            return resolve(node)
         except LookupError:
             return None
         except (SkylarkError, ConnectionError, OSError) as exc:
-            raise StoreUnavailable(f"cannot resolve the Redis of node {node!r}: {exc}") from exc
+            raise StoreUnavailable(f"cannot resolve the {what} of node {node!r}: {exc}") from exc
+
+    def redis_url(self, node: str) -> str | None:
+        return self._lookup("Redis", self._peers.redis_url, node)
+
+    def broker_url(self, node: str) -> str | None:
+        return self._lookup("broker", self._peers.broker_url, node)
 
 
 def default_peers(settings: Settings, env: Mapping[str, str] | None = None) -> PeerDirectory:
@@ -261,9 +268,9 @@ class NodeState:
 
     def __init__(self, settings: Settings, peers: PeerDirectory, propagation=None) -> None:
         self.store = StateStore.from_settings(settings)
-        self.peers = peers
+        self.peers = _GuardedPeers(peers)
         self._pool = ClientPool.from_settings(settings)  # log in to peers as to our own Redis
-        self.reader = BundleReader(self.store, RemoteStores(_GuardedPeers(peers).redis_url, self._pool))
+        self.reader = BundleReader(self.store, RemoteStores(self.peers.redis_url, self._pool))
         self._propagation = propagation
         self.wait_ms = 0 if settings.policy == "stateless" or propagation is None else settings.propagation_wait_ms
 
@@ -280,15 +287,6 @@ class NodeState:
             wait = self.wait_ms if coming else 0
         return self.reader.read(chain, function, [origin] if origin else [],
                                 min_version=min_version or 0, wait_local_ms=wait)
-
-    def broker_url(self, node: str) -> str | None:
-        """The broker ingress of ``node`` (where an event routed there is sent)."""
-        try:
-            return self.peers.broker_url(node)
-        except LookupError:
-            return None
-        except (SkylarkError, ConnectionError, OSError) as exc:
-            raise StoreUnavailable(f"cannot resolve the broker of node {node!r}: {exc}") from exc
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         ok = self.store.ping()
@@ -433,7 +431,7 @@ def _destination(function: CloudEventFunction, event: BaseCloudEvent, sink: str 
     target = event.get_extension(catalogue.EXT_TARGET)
     if target is None or function.state is None or target == function.state.store.node:
         return sink
-    url = function.state.broker_url(str(target))
+    url = function.state.peers.broker_url(str(target))
     if url is None:
         raise ClientError(400, "unknown_route_node", f"the route names node {target!r}, whose broker is unknown")
     return url
