@@ -104,19 +104,17 @@ class Bundle:
     def version(self) -> int:
         return self.meta.version
 
-    def verify(self) -> None:
-        """Raise :class:`ChecksumMismatch` unless content, size and count match the metadata."""
-        actual = checksum_of(self.fields)
+    def verify(self) -> dict[str, str]:
+        """Raise :class:`ChecksumMismatch` unless content, size and count match the metadata;
+        returns the per-field digests it computed (a writer needs them too)."""
+        digests = {name: field_digest(value) for name, value in self.fields.items()}
+        actual = checksum_of_digests(digests)
+        where = f"bundle {self.chain}/{self.function} v{self.version}"
         if actual != self.meta.checksum:
-            raise ChecksumMismatch(
-                f"bundle {self.chain}/{self.function} v{self.version}: checksum {actual} "
-                f"does not match {self.meta.checksum}"
-            )
+            raise ChecksumMismatch(f"{where}: checksum {actual} does not match {self.meta.checksum}")
         if size_of(self.fields) != self.meta.size or len(self.fields) != self.meta.field_count:
-            raise ChecksumMismatch(
-                f"bundle {self.chain}/{self.function} v{self.version}: size or field count "
-                "does not match its metadata"
-            )
+            raise ChecksumMismatch(f"{where}: size or field count does not match its metadata")
+        return digests
 
 
 def make_bundle(chain: str, function: str, fields: Mapping[str, bytes], *, version: int,

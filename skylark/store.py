@@ -37,13 +37,11 @@ from skylark.bundle import (
     Mechanism,
     checksum_of_digests,
     field_digest,
-    size_of,
     validate_fields,
 )
 from skylark.errors import (
     BundleNotFound,
     BundleTooLarge,
-    ChecksumMismatch,
     StoreUnavailable,
     VersionConflict,
 )
@@ -315,16 +313,10 @@ class StateStore:
         validate_name("chain id", meta.chain)
         validate_name("function name", meta.function)
         clean = validate_fields(bundle.fields)
-        digests = {name: field_digest(value) for name, value in clean.items()}
         if verify:
-            if checksum_of_digests(digests) != meta.checksum:
-                raise ChecksumMismatch(
-                    f"bundle {meta.chain}/{meta.function} v{meta.version}: content does not match "
-                    f"checksum {meta.checksum}")
-            if size_of(clean) != meta.size or len(clean) != meta.field_count:
-                raise ChecksumMismatch(
-                    f"bundle {meta.chain}/{meta.function} v{meta.version}: size or field count "
-                    "does not match its metadata")
+            digests = Bundle(meta, clean).verify()
+        else:
+            digests = {name: field_digest(value) for name, value in clean.items()}
         if meta.size > self.max_bundle_bytes:
             raise BundleTooLarge(meta.size, self.max_bundle_bytes)
         data_key, meta_key = keys.bundle_key(meta.chain, meta.function), keys.meta_key(meta.chain, meta.function)
