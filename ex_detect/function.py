@@ -73,6 +73,9 @@ class DetectFunction(StatefulFunction):
         self.detector = Detector.load(self.settings.detector)  # the models, once per process
         super().start()
 
+    def alive(self) -> bool:
+        return self.detector is not None  # the models loaded at start; nothing works without them
+
     def ready(self) -> tuple[bool, dict[str, Any]]:
         ok, detail = super().ready()
         return ok and self.detector is not None, {**detail, "models": list(self.detector.classes)}

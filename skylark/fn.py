@@ -1,15 +1,15 @@
 """Plumbing of CloudEvent functions (Knative ``func`` style): a function object and its Flask app.
 
 A function is an object with a ``name``, the event types it ``accepts``, ``start``/``stop``
-hooks (open connections, load models: once per process, never at import) and
-``handle(event) -> Handled``. :func:`make_function_app` turns it into a Knative service:
+hooks (open connections, load models: once per process, never at import), ``alive``/``ready``
+probes and ``handle(event) -> Handled``. :func:`make_function_app` turns it into a Knative service:
 
 - ``POST /``: a CloudEvent (binary or structured mode); the result event is published to
   ``K_SINK`` (answer 202, empty body) or, without a sink, returned as the reply (200, binary
   mode: the Knative reply convention). No result event: 204. Successful answers carry no JSON
   body because a Knative broker treats a non-empty non-CloudEvent reply as a failed delivery.
 - bad input → 4xx JSON ``{"error", "detail"}``; missing state → 404; Redis or the sink down → 503.
-- ``/healthz``, ``/readyz`` (the function's ``ready`` hook), ``/metrics`` (per-stage timings).
+- ``/healthz`` (the ``alive`` hook), ``/readyz`` (the ``ready`` hook), ``/metrics`` (per-stage timings).
 
 It also holds what every example function shares: :class:`NodeState` (this node's store plus a
 reader that falls back to other nodes' Redis through a :class:`~skylark.peers.PeerDirectory`),
@@ -313,6 +313,10 @@ class CloudEventFunction:
     def stop(self) -> None:
         """Release what ``start`` opened."""
 
+    def alive(self) -> bool:
+        """Liveness (no I/O): False only when the process cannot recover by itself."""
+        return True
+
     def ready(self) -> tuple[bool, dict[str, Any]]:
         return True, {}
 
@@ -374,7 +378,7 @@ def make_function_app(function: CloudEventFunction, settings: Settings, *,
         ["function", "stage"], registry=registry,
         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     )
-    app.register_blueprint(health_blueprint(function.ready, registry))
+    app.register_blueprint(health_blueprint(function.ready, registry, function.alive))
 
     @app.post("/")
     def receive() -> Response:

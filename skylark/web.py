@@ -79,12 +79,16 @@ def install_error_handlers(app: Flask) -> None:
 def health_blueprint(
     ready_check: Callable[[], tuple[bool, dict]] | None = None,
     registry: CollectorRegistry | None = None,
+    alive_check: Callable[[], bool] | None = None,
 ) -> Blueprint:
-    """``/healthz`` (process alive, no I/O), ``/readyz`` (``ready_check``), ``/metrics``."""
+    """``/healthz`` (liveness: ``alive_check``, which must not do I/O — a dependency being down
+    is not a reason to restart the process), ``/readyz`` (``ready_check``), ``/metrics``."""
     bp = Blueprint("health", __name__)
 
     @bp.get("/healthz")
     def healthz():
+        if alive_check is not None and not alive_check():
+            return jsonify({"status": "dead"}), 503
         return jsonify({"status": "ok"})
 
     @bp.get("/readyz")

@@ -406,3 +406,17 @@ def test_neighbors_service_down_is_503_when_the_origin_must_be_resolved(node_a, 
     detect = serve(detect_app(DetectSettings(core=settings), peers=peers))
     event = new_event(catalogue.PREPROCESS_COMPLETED, "/x", {"chain": "chain-n", "node": "node-far"})
     assert_json_error(post_event(detect.url, event), 503, "store_unavailable")
+
+
+def test_liveness_follows_the_functions_alive_hook(serve):
+    from skylark.fn import CloudEventFunction
+
+    class Broken(CloudEventFunction):
+        name = "broken"
+
+        def alive(self) -> bool:
+            return False  # e.g. its model could not be loaded
+
+    app = serve(make_function_app(Broken(), Settings(node="node-a")))
+    response = requests.get(f"{app.url}/healthz")
+    assert response.status_code == 503 and response.json()["status"] == "dead"
