@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     up_p.add_argument("--emulate-network", action="store_true",
                       help="one network namespace per node, links shaped with tc netem (root)")
     up_p.add_argument("--policy", default="skylark", choices=("skylark", "random", "stateless"))
-    up_p.add_argument("--base-port", type=int, help="use consecutive ports from here (default: free ones)")
+    up_p.add_argument("--base-port", type=int, help="use consecutive ports from here; pick them below the ephemeral range (Linux: 32768) so outgoing connections cannot take one (default: free ones)")
     up_p.set_defaults(func=cmd_up)
 
     demo_p = sub.add_parser("demo", help="run the example workflow with and without propagation")
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_p.add_argument("--emulate-network", action="store_true",
                         help="one network namespace per node, links shaped with tc netem (root)")
     demo_p.add_argument("--topology", help="topology YAML (default: the 3-node demo topology)")
-    demo_p.add_argument("--base-port", type=int, help="use consecutive ports from here (default: free ones)")
+    demo_p.add_argument("--base-port", type=int, help="use consecutive ports from here; pick them below the ephemeral range (Linux: 32768) so outgoing connections cannot take one (default: free ones)")
     demo_p.add_argument("--report", help="also write the results as JSON to this file")
     demo_p.set_defaults(func=cmd_demo)
     return parser

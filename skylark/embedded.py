@@ -8,6 +8,7 @@ so a machine with nothing but ``pip install`` can run the whole project. Used by
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -51,6 +52,31 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_low(default: int = 32768) -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def free_port_block(count: int, host: str = "127.0.0.1", *, low: int = 20000) -> int:
+    """First of ``count`` consecutive TCP ports that are free now, for ``skylark up --base-port``.
+
+    The block is taken below the kernel's ephemeral range: a block inside it can be handed out,
+    one port at a time, to the outgoing connections of other processes between this check and the
+    moment the services bind. The start is random so concurrent runs rarely probe the same ports.
+    """
+    high = _ephemeral_low() - count
+    if high <= low:
+        raise ConfigError(f"no room for {count} consecutive ports below the ephemeral range")
+    start = random.randrange(low, high)
+    for offset in range(high - low):
+        first = low + (start - low + offset) % (high - low)
+        if all(port_is_free(first + i, host) for i in range(count)):
+            return first
+    raise ConfigError(f"no {count} consecutive free ports between {low} and {high + count}")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

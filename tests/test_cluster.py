@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from skylark.embedded import free_port
+from skylark.embedded import free_port_block
 from skylark.netem import NetworkEmulation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +69,8 @@ def _children(pid: int) -> list[psutil.Process]:
 
 
 def test_up_starts_prints_endpoints_and_stops_cleanly():
-    base = free_port()
+    ports = 3 * 6 + 2  # per node: redis + 5 gunicorn services; then the neighbors service, dead letter
+    base = free_port_block(ports)
     proc = subprocess.Popen([sys.executable, "-m", "skylark.cli", "up", "--base-port", str(base)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
                             env={**os.environ, "COLUMNS": "200"})
@@ -87,7 +88,7 @@ def test_up_starts_prints_endpoints_and_stops_cleanly():
     assert f"redis://127.0.0.1:{base}/0" in text and "broker ingress" in text and "links are not emulated" in text
     children = _children(proc.pid)
     assert len(children) >= 3 * 6  # per node: redis, 5 gunicorn masters (+ workers), agent
-    ports = [base + i for i in range(3 * 6 + 2)]
+    ports = [base + i for i in range(ports)]
     for port in ports[:3]:
         with socket.create_connection(("127.0.0.1", port), timeout=2):
             pass

@@ -13,7 +13,7 @@ import pytest
 
 from skylark.bundle import checksum_of, field_digest
 from skylark.changes import ChangeRecord, InvalidChange
-from skylark.embedded import EmbeddedRedis, free_port
+from skylark.embedded import EmbeddedRedis, _ephemeral_low, free_port, free_port_block, port_is_free
 from skylark.errors import BundleNotFound, ConfigError, StoreUnavailable
 from skylark.peers import StaticPeers
 from skylark.reader import BundleReader, RemoteStores
@@ -231,3 +231,9 @@ def test_tls_with_a_verified_server_certificate(tmp_path, redis_factory):
     untrusted = StateStore(connect(f"rediss://:pw@127.0.0.1:{tls_port}/0", retries=0), node="n")
     with pytest.raises(StoreUnavailable):
         untrusted.get_bundle("c", "f")
+
+
+def test_free_port_block_is_free_consecutive_and_below_the_ephemeral_range():
+    first = free_port_block(20)
+    assert 20000 <= first and first + 20 <= _ephemeral_low()
+    assert all(port_is_free(first + i) for i in range(20))
