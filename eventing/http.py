@@ -44,11 +44,13 @@ def new_event(type_: str, source: str, data: Any = None, *, id_: str | None = No
     return CloudEvent(attributes, data)
 
 
-def parse(headers: Mapping[str, str], body: bytes) -> BaseCloudEvent:
+def parse(headers: Mapping[str, str], body: bytes, *, decode_data: bool = True) -> BaseCloudEvent:
     """Parse a binary- or structured-mode HTTP CloudEvent.
 
     Raises :class:`InvalidEvent` for anything that is not one: no CloudEvent headers and no
-    structured body, missing required attributes, undecodable JSON data.
+    structured body, missing required attributes, undecodable JSON data. With ``decode_data``
+    False a binary-mode body stays the bytes as sent, unread: for a broker, which routes on the
+    attributes and forwards the data untouched (as Knative's does).
     """
     lowered = {k.lower(): v for k, v in headers.items()}
     binary = any(k.startswith("ce-") for k in lowered)
@@ -80,7 +82,8 @@ def parse(headers: Mapping[str, str], body: bytes) -> BaseCloudEvent:
         # the SDK silently turns undecodable JSON into a string (we want a 400 instead) and text
         # bodies into str (we want the bytes as sent).
         event = ce_http.from_http(ce_http.HTTPMessage(headers=dict(lowered), body=b""), _FORMAT)
-        return CloudEvent(event.get_attributes(), _decode_data(body, event.get_datacontenttype()))
+        data = _decode_data(body, event.get_datacontenttype()) if decode_data else (bytes(body) or None)
+        return CloudEvent(event.get_attributes(), data)
     except InvalidEvent:
         raise
     except (BaseCloudEventException, ValueError, TypeError, KeyError) as exc:

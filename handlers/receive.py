@@ -10,7 +10,9 @@
   is applied (``claim_gone``).
 - ``StateStore.apply`` verifies the checksum and keeps the newest version: equal is a no-op
   (``duplicate``), older is ``stale`` (counted), same version with other content is a
-  ``conflict`` (local copy kept, counted). The dedupe mark is set only after this succeeded.
+  ``conflict`` (local copy kept, counted). The dedupe mark is set in the same transaction as
+  that outcome (``StateStore.apply(once_key=...)``), so a redelivery of an inline bundle is
+  recognised without a round trip of its own and never half-handled.
 """
 
 from __future__ import annotations
@@ -72,15 +74,14 @@ class Receiver:
                               "skylarksignature is missing or does not match the event")
         context = {"chain": incoming.chain, "function": incoming.function, "event_id": incoming.id,
                    "version": incoming.version, "mode": incoming.mode}
-        if self.deduper.seen(incoming.source, incoming.id):
-            self.metrics.duplicates.labels("event").inc()
-            log.info("duplicate event acknowledged", extra=context)
-            return ReceiveReport("duplicate_event", incoming.chain, incoming.function,
-                                 incoming.version, None, incoming.mode)
         newer = False
         if incoming.bundle is not None:
             bundle = incoming.bundle
         else:
+            # Checked before the pull, which is the expensive part of a claim check; an inline
+            # bundle is checked by the apply itself, in the same round trip.
+            if self.deduper.seen(incoming.source, incoming.id):
+                return self._duplicate_event(incoming, context)
             pulled = self._pull(incoming.claim)  # type: ignore[arg-type]
             if pulled is None:
                 log.info("claim check gone at its origin", extra=context)
@@ -89,8 +90,10 @@ class Receiver:
                                      incoming.version, None, incoming.mode)
             bundle = pulled
             newer = bundle.version > incoming.version
-        result = self.store.apply(bundle)
-        self.deduper.mark(incoming.source, incoming.id)
+        result = self.store.apply(bundle, once_key=self.deduper.key(incoming.source, incoming.id),
+                                  once_ttl_s=self.deduper.ttl_s)
+        if result.outcome is ApplyOutcome.SEEN:
+            return self._duplicate_event(incoming, context)
         if result.outcome is ApplyOutcome.STALE:
             self.metrics.stale.inc()
         elif result.outcome is ApplyOutcome.DUPLICATE:
@@ -100,6 +103,12 @@ class Receiver:
                 extra={**context, "version": bundle.version, "local_version": result.local_version})
         return ReceiveReport(result.outcome.value, bundle.chain, bundle.function, bundle.version,
                              result.local_version, incoming.mode, newer)
+
+    def _duplicate_event(self, incoming, context: dict) -> ReceiveReport:
+        self.metrics.duplicates.labels("event").inc()
+        log.info("duplicate event acknowledged", extra=context)
+        return ReceiveReport("duplicate_event", incoming.chain, incoming.function,
+                             incoming.version, None, incoming.mode)
 
     def _pull(self, claim: Claim) -> Bundle | None:
         if claim.size > self.store.max_bundle_bytes:

@@ -132,6 +132,7 @@ class ApplyOutcome(str, enum.Enum):
     DUPLICATE = "duplicate"  # same version and checksum already here: no-op
     STALE = "stale"          # incoming version older than the local one: rejected
     CONFLICT = "conflict"    # same version, other content (concurrent writers): local kept
+    SEEN = "seen"            # the delivery's idempotency key was used already: nothing done
 
 
 @dataclass(frozen=True)

@@ -167,26 +167,29 @@ class StateStore:
 
     # -- the optimistic transaction shared by every write --------------------------------
 
-    def _transact(self, chain: str, function: str, what: str, plan) -> object:
-        """Run ``plan(pipe, current)`` under WATCH until no concurrent write interferes.
+    def _transact(self, chain: str, function: str, what: str, plan, once_key: str | None = None) -> object:
+        """Run ``plan(pipe, current, seen)`` under WATCH until no concurrent write interferes.
 
         ``plan`` raises to refuse (nothing queued yet) or calls ``pipe.multi()``, queues the
-        commands and returns a function of the EXEC results.
+        commands and returns a function of the EXEC results. ``seen`` says whether ``once_key``
+        exists (False without one); the key is watched too, so a concurrent delivery that sets
+        it makes this one retry and then see it.
         """
         data_key, meta_key = keys.bundle_key(chain, function), keys.meta_key(chain, function)
+        inspected = [data_key, meta_key, self.change_stream] + ([once_key] if once_key else [])
         with redis_errors(what):
             with self.client.pipeline(transaction=True) as pipe:
                 for _ in range(MAX_ATTEMPTS):
                     try:
-                        pipe.watch(meta_key)
-                        flat, data_type, stream_type = pipe.eval(
-                            _inspect_script(), 3, data_key, meta_key, self.change_stream)
+                        pipe.watch(meta_key, *inspected[3:])
+                        flat, data_type, stream_type, seen = pipe.eval(
+                            _inspect_script(), len(inspected), *inspected)
                         if data_type not in (b"none", b"hash"):
                             raise StoreUnavailable(f"state key {data_key} holds a {data_type.decode()}")
                         if stream_type not in (b"none", b"stream"):
                             raise StoreUnavailable(
                                 f"change stream key {self.change_stream} holds a {stream_type.decode()}")
-                        finish = plan(pipe, _Current.from_flat(flat))
+                        finish = plan(pipe, _Current.from_flat(flat), bool(seen))
                         return finish(pipe.execute())
                     except WatchError:
                         continue
@@ -251,7 +254,7 @@ class StateStore:
         single = mechanism is Mechanism.SINGLE
         data_key, meta_key = keys.bundle_key(chain, function), keys.meta_key(chain, function)
 
-        def plan(pipe, current: _Current):
+        def plan(pipe, current: _Current, seen: bool):
             if expected_version is not None and int(expected_version) != current.version:
                 raise VersionConflict(int(expected_version), current.version)
             # Start afresh on replace, after a delete (tombstone) or when the mechanism changes.
@@ -302,12 +305,18 @@ class StateStore:
 
         return self._transact(chain, function, "put", plan)
 
-    def apply(self, bundle: Bundle, *, verify: bool = True) -> ApplyResult:
+    def apply(self, bundle: Bundle, *, verify: bool = True, once_key: str | None = None,
+              once_ttl_s: int = 86_400) -> ApplyResult:
         """Apply a bundle written elsewhere: newer wins, equal is a no-op, older is stale.
 
         With ``verify`` the content is checked against its checksum, size and field count first
         (:class:`~skylark.errors.ChecksumMismatch`). Applied bundles are not appended to the
         change stream: that would propagate them again.
+
+        ``once_key`` makes the apply at most once per delivery: when the key exists the outcome
+        is ``SEEN`` and nothing is checked or written; otherwise the key is set (for
+        ``once_ttl_s``) in the same transaction as the outcome, whatever it is. A redelivered
+        event costs no extra round trip and there is no window between applying and marking.
         """
         meta = bundle.meta
         validate_name("chain id", meta.chain)
@@ -321,13 +330,20 @@ class StateStore:
             raise BundleTooLarge(meta.size, self.max_bundle_bytes)
         data_key, meta_key = keys.bundle_key(meta.chain, meta.function), keys.meta_key(meta.chain, meta.function)
 
-        def plan(pipe, current: _Current):
+        def mark(pipe) -> None:
+            if once_key:
+                pipe.set(once_key, b"1", ex=once_ttl_s)
+
+        def plan(pipe, current: _Current, seen: bool):
+            if seen:
+                return _refuse(pipe, ApplyResult(ApplyOutcome.SEEN, current.version, meta.version))
             if meta.version < current.version:
-                return _refuse(pipe, ApplyResult(ApplyOutcome.STALE, current.version, meta.version))
+                return _refuse(pipe, ApplyResult(ApplyOutcome.STALE, current.version, meta.version), mark)
             if meta.version == current.version:
                 outcome = ApplyOutcome.DUPLICATE if current.checksum == meta.checksum else ApplyOutcome.CONFLICT
-                return _refuse(pipe, ApplyResult(outcome, current.version, meta.version))
+                return _refuse(pipe, ApplyResult(outcome, current.version, meta.version), mark)
             pipe.multi()
+            mark(pipe)
             self._queue_drop(pipe, meta.chain, meta.function, current)
             if clean:
                 pipe.hset(data_key, mapping=clean)
@@ -342,7 +358,7 @@ class StateStore:
             pipe.hset(meta_key, mapping=meta_fields)
             return lambda results: ApplyResult(ApplyOutcome.APPLIED, meta.version, meta.version)
 
-        return self._transact(meta.chain, meta.function, "apply", plan)
+        return self._transact(meta.chain, meta.function, "apply", plan, once_key)
 
     def delete(self, chain: str, function: str) -> int:
         """Delete the state (either mechanism), leaving a tombstone that keeps the version so a
@@ -354,7 +370,7 @@ class StateStore:
         validate_name("function name", function)
         meta_key = keys.meta_key(chain, function)
 
-        def plan(pipe, current: _Current):
+        def plan(pipe, current: _Current, seen: bool):
             if current.version == 0 or current.deleted:
                 pipe.unwatch()
                 raise BundleNotFound(chain, function)
@@ -433,8 +449,10 @@ class StateStore:
             return False
 
 
-def _refuse(pipe, result):
-    """End a transaction that writes nothing, returning ``result``."""
+def _refuse(pipe, result, queue=None):
+    """End a transaction that leaves the state alone (``queue`` may add e.g. a mark), returning ``result``."""
     pipe.unwatch()
     pipe.multi()
+    if queue is not None:
+        queue(pipe)
     return lambda results: result

@@ -246,6 +246,45 @@ def test_concurrent_applies_keep_the_newest(store):
     assert outcomes.count(ApplyOutcome.APPLIED) >= 1
 
 
+def test_apply_once_key_marks_with_the_outcome_and_a_second_delivery_is_seen(store, redis_client):
+    v2 = make_bundle("c", "f", {"a": b"two"}, version=2, node="node-b", updated_ms=2)
+    first = store.apply(v2, once_key="once:e1", once_ttl_s=60)
+    assert first.outcome is ApplyOutcome.APPLIED
+    assert redis_client.get("once:e1") == b"1" and 0 < redis_client.ttl("once:e1") <= 60
+    # the same delivery again: recognised by its key, nothing compared or written
+    again = store.apply(v2, once_key="once:e1", once_ttl_s=60)
+    assert (again.outcome, again.local_version) == (ApplyOutcome.SEEN, 2)
+    # a refused apply is marked too: its redelivery is not counted as stale a second time
+    v1 = make_bundle("c", "f", {"a": b"one"}, version=1, node="node-b", updated_ms=1)
+    assert store.apply(v1, once_key="once:e0").outcome is ApplyOutcome.STALE
+    assert store.apply(v1, once_key="once:e0").outcome is ApplyOutcome.SEEN
+    # content that fails verification leaves no mark: the delivery may be retried
+    from skylark.bundle import Bundle
+
+    with pytest.raises(ChecksumMismatch):
+        store.apply(Bundle(v2.meta, {"a": b"forged"}), once_key="once:bad")
+    assert not redis_client.exists("once:bad")
+    assert store.get_bundle("c", "f").fields == {"a": b"two"}
+
+
+def test_concurrent_deliveries_of_one_event_apply_it_once(store):
+    bundle = make_bundle("c", "f", {"a": b"x" * 4096}, version=1, node="node-b", updated_ms=1)
+    outcomes: list[ApplyOutcome] = []
+    barrier = threading.Barrier(8)
+
+    def deliver():
+        barrier.wait()
+        outcomes.append(store.apply(bundle, once_key="once:same").outcome)
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # the others either saw the mark at once or lost the WATCH race, retried and then saw it
+    assert sorted(outcomes) == sorted([ApplyOutcome.APPLIED] + [ApplyOutcome.SEEN] * 7)
+
+
 def test_delete_leaves_a_tombstone(store, redis_client):
     store.put("c", "f", {"a": b"1"})
     store.put("c", "f", {"a": b"2"})
