@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | ``dev.knative.sources.redisstream`` | RedisStreamSource → handlers | flat JSON array of strings (a change entry) |
 | ``dev.knative.sources.ping`` | PingSource → handlers (warm-up) / ex_preprocess (input image) | the PingSource's data |
-| ``io.skylark.bundle.propagated`` | handlers@A → broker@B → handlers@B | a bundle, inline or as a claim check |
+| ``io.skylark.bundle.propagated`` | handlers@A → broker@B → handlers@B | a bundle, inline or as a claim check, or a delete's tombstone |
 | ``io.skylark.image.submitted`` | a client → broker → ex_preprocess | an image (base64) or a state reference |
 | ``io.skylark.preprocess.completed`` | ex_preprocess → broker → ex_detect | chain, node, stored fields, timings |
 | ``io.skylark.detect.completed`` | ex_detect → broker → ex_alarm | chain, node, detections summary, timings |

@@ -10,6 +10,9 @@ extensions ``skylarkchain``, ``skylarkfunction``, ``skylarkversion``, ``skylarkn
   "fields": {"<name>": "<base64>"}}``
 * claim check: ``{"claim": {node, chain, function, version, checksum, size}}`` — the receiver
   pulls the bundle from the origin node's Redis in one round trip.
+* tombstone: ``{"tombstone": {chain, function, version, node, updated_ms}}`` — the state was
+  deleted at ``version`` on ``node``; the receiver drops its copy (newer wins, as for bundles).
+  No ``skylarkchecksum``; ``skylarksize`` is 0.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from cloudevents.core.v1.event import CloudEvent
 from eventing import catalogue
 from eventing.http import InvalidEvent, new_event
 from handlers import signing
-from skylark.bundle import Bundle, BundleMeta
+from skylark.bundle import Bundle, BundleMeta, Tombstone
 from skylark.names import validate_name
 
 INLINE = "inline"
 CLAIM = "claim"
+TOMBSTONE = "tombstone"
 SERVICE = "handlers"
 _CHECKSUM = re.compile(r"[0-9a-f]{40}")
 
@@ -67,13 +71,20 @@ def _inline_parts(bundle: Bundle) -> list[str]:
             m.checksum, str(m.field_count), *signing.field_hashes(bundle.fields)]
 
 
+def _tombstone_parts(t: Tombstone) -> list[str]:
+    return [TOMBSTONE, t.node, t.chain, t.function, str(t.version), str(t.updated_ms)]
+
+
 @dataclass(frozen=True)
 class Payload:
-    """The encoded data of one push, shared by every target of it (encoded once)."""
+    """The encoded data of one push, shared by every target of it (encoded once).
 
-    bundle: Bundle
+    ``meta`` names what is pushed (for a tombstone: its version, size 0 and no checksum).
+    """
+
+    meta: BundleMeta
     origin: str
-    mode: str          # INLINE or CLAIM
+    mode: str          # INLINE, CLAIM or TOMBSTONE
     data: bytes        # the JSON body
     signed_parts: tuple[str, ...]
 
@@ -99,15 +110,23 @@ def encode_payload(bundle: Bundle, *, origin: str, inline_max_bytes: int,
         parts = tuple(claim.signed_parts())
         mode = CLAIM
     data = json.dumps(document, separators=(",", ":")).encode()
-    return Payload(bundle, origin, mode, data, parts)
+    return Payload(meta, origin, mode, data, parts)
+
+
+def encode_tombstone(tombstone: Tombstone, *, origin: str) -> Payload:
+    meta = BundleMeta(tombstone.chain, tombstone.function, tombstone.version, tombstone.node,
+                      tombstone.updated_ms, 0, "", 0)
+    data = json.dumps({"tombstone": tombstone.to_dict()}, separators=(",", ":")).encode()
+    return Payload(meta, origin, TOMBSTONE, data, tuple(_tombstone_parts(tombstone)))
 
 
 def event_id(meta: BundleMeta, target: str) -> str:
-    return f"{meta.chain}:{meta.function}:{meta.version}:{meta.checksum[:12]}:{target}"
+    # One version is either a write or a delete, so the id stays unique per push and target.
+    return f"{meta.chain}:{meta.function}:{meta.version}:{meta.checksum[:12] or TOMBSTONE}:{target}"
 
 
 def propagation_event(payload: Payload, target: str, signing_key: bytes | None = None) -> CloudEvent:
-    meta = payload.bundle.meta
+    meta = payload.meta
     source = catalogue.source_for(payload.origin, SERVICE)
     id_ = event_id(meta, target)
     signature = None
@@ -120,7 +139,7 @@ def propagation_event(payload: Payload, target: str, signing_key: bytes | None =
             catalogue.EXT_FUNCTION: meta.function,
             catalogue.EXT_VERSION: meta.version,
             catalogue.EXT_NODE: payload.origin,
-            catalogue.EXT_CHECKSUM: meta.checksum,
+            catalogue.EXT_CHECKSUM: meta.checksum or None,
             catalogue.EXT_SIZE: meta.size,
             catalogue.EXT_TARGET: target,
             catalogue.EXT_SIGNATURE: signature,
@@ -133,7 +152,8 @@ def propagation_event(payload: Payload, target: str, signing_key: bytes | None =
 
 @dataclass(frozen=True)
 class Incoming:
-    """A decoded propagation event: exactly one of ``bundle`` (inline) and ``claim`` is set."""
+    """A decoded propagation event: exactly one of ``bundle`` (inline), ``claim`` and
+    ``tombstone`` is set."""
 
     source: str
     id: str
@@ -141,25 +161,35 @@ class Incoming:
     signature: str | None
     bundle: Bundle | None = None
     claim: Claim | None = None
+    tombstone: Tombstone | None = None
+
+    @property
+    def _carried(self) -> Bundle | Claim | Tombstone:
+        return self.bundle or self.claim or self.tombstone  # type: ignore[return-value]
 
     @property
     def chain(self) -> str:
-        return self.bundle.chain if self.bundle else self.claim.chain  # type: ignore[union-attr]
+        return self._carried.chain
 
     @property
     def function(self) -> str:
-        return self.bundle.function if self.bundle else self.claim.function  # type: ignore[union-attr]
+        return self._carried.function
 
     @property
     def version(self) -> int:
-        return self.bundle.version if self.bundle else self.claim.version  # type: ignore[union-attr]
+        return self._carried.version
 
     @property
     def mode(self) -> str:
-        return INLINE if self.bundle is not None else CLAIM
+        return INLINE if self.bundle is not None else CLAIM if self.claim is not None else TOMBSTONE
 
     def signed_message(self) -> bytes:
-        parts = _inline_parts(self.bundle) if self.bundle is not None else self.claim.signed_parts()  # type: ignore[union-attr]
+        if self.bundle is not None:
+            parts = _inline_parts(self.bundle)
+        elif self.claim is not None:
+            parts = self.claim.signed_parts()
+        else:
+            parts = _tombstone_parts(self.tombstone)  # type: ignore[arg-type]
         return signing.canonical(self.source, self.id, self.target or "", parts)
 
 
@@ -240,6 +270,17 @@ def _decode_claim(raw: object) -> Claim:
     )
 
 
+def _decode_tombstone(raw: object) -> Tombstone:
+    tombstone = _object("tombstone", raw, {"chain", "function", "version", "node", "updated_ms"})
+    return Tombstone(
+        chain=_name("chain id", tombstone["chain"]),
+        function=_name("function name", tombstone["function"]),
+        version=_integer("tombstone.version", tombstone["version"], 1),
+        node=_name("node name", tombstone["node"]),
+        updated_ms=_integer("tombstone.updated_ms", tombstone["updated_ms"]),
+    )
+
+
 def decode_propagation(event: BaseCloudEvent) -> Incoming:
     """Read a propagation event; :class:`InvalidBundleEvent` says what is wrong with it.
 
@@ -255,13 +296,16 @@ def decode_propagation(event: BaseCloudEvent) -> Incoming:
             data = json.loads(data)
         except ValueError:
             raise _bad("event data is not JSON") from None
-    if not isinstance(data, Mapping) or ("claim" in data) == ("meta" in data):
-        raise _bad("data must be an object with either meta + fields (inline) or claim")
+    if not isinstance(data, Mapping) or sum(k in data for k in ("meta", "claim", "tombstone")) != 1:
+        raise _bad("data must be an object with exactly one of meta + fields (inline), claim or tombstone")
     attributes = event.get_attributes()
-    bundle = claim = None
+    bundle = claim = tombstone = None
     if "claim" in data:
         claim = _decode_claim(data["claim"])
         chain, function, version, checksum, size = claim.chain, claim.function, claim.version, claim.checksum, claim.size
+    elif "tombstone" in data:
+        tombstone = _decode_tombstone(data["tombstone"])
+        chain, function, version, checksum, size = tombstone.chain, tombstone.function, tombstone.version, "", 0
     else:
         bundle = _decode_inline(data)
         m = bundle.meta
@@ -281,5 +325,5 @@ def decode_propagation(event: BaseCloudEvent) -> Incoming:
         source=str(event.get_source()), id=str(event.get_id()),
         target=str(target) if target is not None else None,
         signature=str(signature) if signature is not None else None,
-        bundle=bundle, claim=claim,
+        bundle=bundle, claim=claim, tombstone=tombstone,
     )

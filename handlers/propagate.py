@@ -6,11 +6,13 @@ Decisions (see ``handlers/README.md``):
   was overtaken by a newer write; its own change entry follows, but propagating the newest now
   is never wrong (receivers keep the newest) and the later push of the same version is dropped
   by the receivers' dedupe (same event id). The answer says ``"newer": true``.
-- ``delete`` changes are not propagated (acknowledged as ``skipped_delete``): the state library
-  has no operation that applies a remote tombstone, and ``StateStore.delete`` on a neighbour
-  would append a change of its own. Copies on neighbours stay until a newer version replaces them.
+- A ``delete`` change is pushed as a tombstone (``mode: tombstone``) to the targets of a
+  0-byte bundle — every node the policy admits for any size, so at least every node that got a
+  copy — and the receivers drop their copy (``StateStore.apply_tombstone``, newer wins). If the
+  state was written again since, the current bundle is pushed instead (``"newer": true``).
 - A change for state that no longer exists is acknowledged (``superseded``): a delete came
-  after it. A change for a (chain, function) this node never held is a 400 ``unknown_chain``.
+  after it, and its own change pushes the tombstone. A change for a (chain, function) this node
+  never held is a 400 ``unknown_chain``.
 - Targets are published to in parallel (the app's thread pool). Any target whose broker did not
   take the event after the publisher's retries makes the answer 503, so Knative (or the local
   stream source) delivers the change again; targets that did take it drop the repeat by event id.
@@ -28,10 +30,12 @@ from cloudevents.core.base import BaseCloudEvent
 
 from eventing.publisher import Delivery, PublishOutcome, Publisher
 from eventing.redisstream import decode_stream_event
-from handlers.bundle_event import encode_payload, propagation_event
+from handlers.bundle_event import Payload, encode_payload, encode_tombstone, propagation_event
 from handlers.metrics import HandlerMetrics
 from handlers.rebuild import current_bundle
 from neighbors_service.targets import Target, TargetResolver
+from skylark.bundle import Tombstone
+from skylark.changes import ChangeRecord
 from skylark.errors import BundleNotFound
 from skylark.store import StateStore
 from skylark.web import ClientError
@@ -53,7 +57,7 @@ class TargetOutcome:
 
 @dataclass(frozen=True)
 class PropagationReport:
-    outcome: str  # propagated | no_targets | skipped_delete | superseded
+    outcome: str  # propagated | no_targets | superseded
     chain: str
     function: str
     change_version: int
@@ -90,27 +94,31 @@ class Propagator:
         change = decode_stream_event(event, stream=self.change_stream).change
         context = {"chain": change.chain, "function": change.function, "event_id": event.get_id(),
                    "version": change.version}
-        if change.op == "delete":
-            log.info("delete change not propagated", extra=context)
-            return PropagationReport("skipped_delete", change.chain, change.function, change.version)
         try:
             bundle = current_bundle(self.store, change.chain, change.function, change.mechanism)
         except BundleNotFound:
-            if self.store.local_version(change.chain, change.function) == 0:
+            local_version = self.store.local_version(change.chain, change.function)
+            if change.op == "delete":
+                # The tombstone itself may have expired already: the change says all it needs.
+                payload = self._tombstone(change, max(local_version, change.version))
+            elif local_version == 0:
                 raise ClientError(400, "unknown_chain",
                                   f"no state for chain {change.chain!r}, function {change.function!r} "
                                   "on this node") from None
-            log.info("change superseded by a delete", extra=context)
-            return PropagationReport("superseded", change.chain, change.function, change.version)
+            else:
+                log.info("change superseded by a delete", extra=context)
+                return PropagationReport("superseded", change.chain, change.function, change.version)
+        else:
+            payload = encode_payload(bundle, origin=self.node, inline_max_bytes=self.inline_max_bytes,
+                                     sign=self.signing_key is not None)
         self.metrics.rebuild_seconds.observe(time.perf_counter() - start)
 
-        chosen = self.targets.targets(self.node, change.function, bundle.meta.size)
-        newer = bundle.version > change.version
+        version = payload.meta.version
+        chosen = self.targets.targets(self.node, change.function, payload.meta.size)
+        newer = version > change.version
         if not chosen:
             return PropagationReport("no_targets", change.chain, change.function, change.version,
-                                     bundle.version, None, newer)
-        payload = encode_payload(bundle, origin=self.node, inline_max_bytes=self.inline_max_bytes,
-                                 sign=self.signing_key is not None)
+                                     version, None, newer)
         outcomes = self._publish_all(payload, chosen)
         elapsed = time.perf_counter() - start
         self.metrics.propagation_seconds.labels(payload.mode).observe(elapsed)
@@ -125,18 +133,23 @@ class Propagator:
                             outcome.reason[:200], extra={**context, "target": target.node,
                                                          "status": outcome.status_code})
         report = PropagationReport("propagated", change.chain, change.function, change.version,
-                                   bundle.version, payload.mode, newer, results)
+                                   version, payload.mode, newer, results)
         failed = [r.node for r in results if r.delivery == Delivery.GAVE_UP.value]
         if failed:
             raise ClientError(503, "propagation_failed",
-                              f"broker(s) of {', '.join(failed)} did not take v{bundle.version} of "
+                              f"broker(s) of {', '.join(failed)} did not take v{version} of "
                               f"{change.chain}/{change.function}; deliver the change again")
-        log.info("propagated", extra={**context, "version": bundle.version, "mode": payload.mode,
+        log.info("propagated", extra={**context, "version": version, "mode": payload.mode,
                                       "targets": [t.node for t in chosen], "newer": newer,
                                       "elapsed_ms": round(elapsed * 1000, 3)})
         return report
 
-    def _publish_all(self, payload, chosen: list[Target]) -> list[PublishOutcome]:
+    def _tombstone(self, change: ChangeRecord, version: int) -> Payload:
+        # The tombstone carries the node that deleted, as a bundle carries the node that wrote.
+        return encode_tombstone(Tombstone(change.chain, change.function, version, change.node, change.ts_ms),
+                                origin=self.node)
+
+    def _publish_all(self, payload: Payload, chosen: list[Target]) -> list[PublishOutcome]:
         events = [propagation_event(payload, t.node, self.signing_key) for t in chosen]
         # The last target is published from the request thread itself: one target needs no pool.
         futures = [self.executor.submit(self.publisher.publish, t.broker_url, e)

@@ -1,5 +1,8 @@
 """Bundle received (``io.skylark.bundle.propagated``): verify, dedupe, pull if claim-checked, apply.
 
+A tombstone (a delete on the origin) is applied by the same rule: ``StateStore.apply_tombstone``
+drops the local copy when the tombstone is newer and keeps its version.
+
 - The event must be meant for this node (``skylarktarget``, when present) — else 400.
 - With a signing key configured, the HMAC in ``skylarksignature`` must match — else 401.
 - A redelivery of an event already applied (same source + id) is acknowledged without work.
@@ -75,6 +78,10 @@ class Receiver:
         context = {"chain": incoming.chain, "function": incoming.function, "event_id": incoming.id,
                    "version": incoming.version, "mode": incoming.mode}
         newer = False
+        once = {"once_key": self.deduper.key(incoming.source, incoming.id), "once_ttl_s": self.deduper.ttl_s}
+        if incoming.tombstone is not None:
+            result = self.store.apply_tombstone(incoming.tombstone, **once)
+            return self._report(incoming, result, context, incoming.version)
         if incoming.bundle is not None:
             bundle = incoming.bundle
         else:
@@ -90,8 +97,10 @@ class Receiver:
                                      incoming.version, None, incoming.mode)
             bundle = pulled
             newer = bundle.version > incoming.version
-        result = self.store.apply(bundle, once_key=self.deduper.key(incoming.source, incoming.id),
-                                  once_ttl_s=self.deduper.ttl_s)
+        result = self.store.apply(bundle, **once)
+        return self._report(incoming, result, context, bundle.version, newer)
+
+    def _report(self, incoming, result, context: dict, version: int, newer: bool = False) -> ReceiveReport:
         if result.outcome is ApplyOutcome.SEEN:
             return self._duplicate_event(incoming, context)
         if result.outcome is ApplyOutcome.STALE:
@@ -99,9 +108,10 @@ class Receiver:
         elif result.outcome is ApplyOutcome.DUPLICATE:
             self.metrics.duplicates.labels("version").inc()
         level = logging.INFO if result.outcome in (ApplyOutcome.APPLIED, ApplyOutcome.DUPLICATE) else logging.WARNING
-        log.log(level, "bundle %s", result.outcome.value,
-                extra={**context, "version": bundle.version, "local_version": result.local_version})
-        return ReceiveReport(result.outcome.value, bundle.chain, bundle.function, bundle.version,
+        what = "tombstone" if incoming.tombstone is not None else "bundle"
+        log.log(level, "%s %s", what, result.outcome.value,
+                extra={**context, "version": version, "local_version": result.local_version})
+        return ReceiveReport(result.outcome.value, incoming.chain, incoming.function, version,
                              result.local_version, incoming.mode, newer)
 
     def _duplicate_event(self, incoming, context: dict) -> ReceiveReport:

@@ -11,9 +11,10 @@ ready direct neighbours of this node; ``reason`` is free text (ignored). At most
 
 Per node, the versions of all pairs are read in one pipelined round trip; a pair is pulled (one
 more round trip) from the node with the newest version when the local copy is missing or older,
-and applied with the usual newer-wins rule. This also repairs propagation that the stream source
-lost (the real RedisStreamSource acks failed deliveries and skips entries written while it
-restarts). A neighbour that cannot be reached is reported, not fatal; the local Redis being down is
+and applied with the usual newer-wins rule. When that newest version is a tombstone (the state
+was deleted there), the local copy is dropped instead (``deleted``), as a propagated delete would
+have done. This also repairs propagation that the stream source lost (the real RedisStreamSource
+acks failed deliveries and skips entries written while it restarts). A neighbour that cannot be reached is reported, not fatal; the local Redis being down is
 a 503.
 """
 
@@ -33,7 +34,7 @@ from handlers.rebuild import current_bundle
 from skylark.store import redis_errors
 from neighbors_service.targets import TargetResolver
 from skylark import keys
-from skylark.bundle import ApplyOutcome
+from skylark.bundle import ApplyOutcome, Tombstone
 from skylark.errors import BundleNotFound, BundleTooLarge, ChecksumMismatch, StoreUnavailable
 from skylark.names import NAME_PATTERN, validate_name
 from skylark.reader import RemoteStores
@@ -54,10 +55,21 @@ class WarmupRequest:
     nodes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class RemoteVersion:
+    """What a neighbour holds for a pair: a live version, or the tombstone of a delete."""
+
+    version: int
+    deleted: bool
+    node: str
+    updated_ms: int
+
+
 @dataclass
 class WarmupReport:
     checked: int = 0
     refreshed: int = 0
+    deleted: int = 0
     current: int = 0
     missing: int = 0
     failed: int = 0
@@ -68,7 +80,7 @@ class WarmupReport:
 
     def to_dict(self) -> dict:
         return {"outcome": "warmed", "checked": self.checked, "refreshed": self.refreshed,
-                "current": self.current, "missing": self.missing, "failed": self.failed, "truncated": self.truncated,
+                "deleted": self.deleted, "current": self.current, "missing": self.missing, "failed": self.failed, "truncated": self.truncated,
                 "nodes": self.nodes, "unreachable": self.unreachable,
                 "refreshed_pairs": self.refreshed_pairs[:100]}
 
@@ -132,7 +144,7 @@ class Warmer:
         # Per node in parallel: which pairs it has, at which version (one pipelined round trip).
         futures = {node: self.executor.submit(self._remote_versions, store, request)
                    for node, store in stores.items()}
-        remote_versions: dict[str, dict[tuple[str, str], int]] = {}
+        remote_versions: dict[str, dict[tuple[str, str], RemoteVersion]] = {}
         for node, future in futures.items():
             try:
                 remote_versions[node], truncated = future.result()
@@ -146,14 +158,22 @@ class Warmer:
         local = self._local_versions(pairs)
         report.checked = len(pairs)
         for pair, local_version in zip(pairs, local):
-            best_node, best_version = None, 0
+            best_node, best = None, None
             for node, versions in remote_versions.items():
-                if versions.get(pair, 0) > best_version:
-                    best_node, best_version = node, versions[pair]
-            if best_node is None:
-                report.missing += 1
-            elif best_version <= local_version:
+                held = versions.get(pair)
+                if held is not None and (best is None or held.version > best.version):
+                    best_node, best = node, held
+            if best_node is None or (best.deleted and local_version == 0):
+                report.missing += 1  # nowhere, or deleted everywhere it is known
+            elif best.version <= local_version:
                 report.current += 1
+            elif best.deleted:
+                tombstone = Tombstone(pair[0], pair[1], best.version, best.node, best.updated_ms)
+                if self.store.apply_tombstone(tombstone).outcome is ApplyOutcome.APPLIED:
+                    report.deleted += 1
+                    report.refreshed_pairs.append(f"{pair[0]}/{pair[1]}@{best_node} (deleted)")
+                else:
+                    report.current += 1
             else:
                 outcome = self._refresh(stores[best_node], pair)
                 if outcome == "refreshed":
@@ -165,10 +185,12 @@ class Warmer:
                     report.current += 1
         self.metrics.warmup_refreshed.inc(report.refreshed)
         log.info("warm-up refreshed %d of %d", report.refreshed, report.checked,
-                 extra={"refreshed": report.refreshed, "checked": report.checked, "nodes": nodes})
+                 extra={"refreshed": report.refreshed, "deleted": report.deleted, "checked": report.checked,
+                        "nodes": nodes})
         return report
 
-    def _pairs(self, request: WarmupRequest, remote: Mapping[str, Mapping[tuple[str, str], int]]) -> list[tuple[str, str]]:
+    def _pairs(self, request: WarmupRequest,
+               remote: Mapping[str, Mapping[tuple[str, str], RemoteVersion]]) -> list[tuple[str, str]]:
         if request.chains and request.functions:
             return [(c, f) for c in request.chains for f in request.functions]
         found: dict[tuple[str, str], None] = {}
@@ -176,7 +198,8 @@ class Warmer:
             found.update(dict.fromkeys(versions))
         return sorted(found)
 
-    def _remote_versions(self, store: StateStore, request: WarmupRequest) -> tuple[dict[tuple[str, str], int], bool]:
+    def _remote_versions(self, store: StateStore,
+                         request: WarmupRequest) -> tuple[dict[tuple[str, str], RemoteVersion], bool]:
         truncated = False
         if request.chains and request.functions:
             pairs = [(c, f) for c in request.chains for f in request.functions][: self.max_pairs]
@@ -200,17 +223,17 @@ class Warmer:
         return list(found), False
 
     @staticmethod
-    def _versions(store: StateStore, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        """Live versions (tombstones and absent pairs left out), one round trip."""
+    def _versions(store: StateStore, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], RemoteVersion]:
+        """Versions held, live or tombstones (absent pairs left out), one round trip."""
         if not pairs:
             return {}
         with redis_errors("warm-up versions"):
             pipe = store.client.pipeline(transaction=False)
             for chain, function in pairs:
-                pipe.hmget(keys.meta_key(chain, function), ["version", "deleted"])
+                pipe.hmget(keys.meta_key(chain, function), ["version", "deleted", "node", "updated_ms"])
             replies = pipe.execute()
-        return {pair: int(version) for pair, (version, deleted) in zip(pairs, replies)
-                if version is not None and deleted != b"1"}
+        return {pair: RemoteVersion(int(version), deleted == b"1", (node or b"").decode(), int(updated or 0))
+                for pair, (version, deleted, node, updated) in zip(pairs, replies) if version is not None}
 
     def _local_versions(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
         """Local versions, counting tombstones: a deleted bundle is not brought back by an older copy."""

@@ -117,6 +117,25 @@ class Bundle:
         return digests
 
 
+@dataclass(frozen=True)
+class Tombstone:
+    """A delete made on ``node``: the state of (chain, function) ended at ``version``.
+
+    Propagated like a bundle, so a neighbour's copy goes too and a late copy of an older version
+    is rejected there as stale (the version outlives the content, as on the origin).
+    """
+
+    chain: str
+    function: str
+    version: int
+    node: str
+    updated_ms: int
+
+    def to_dict(self) -> dict:
+        return {"chain": self.chain, "function": self.function, "version": self.version,
+                "node": self.node, "updated_ms": self.updated_ms}
+
+
 def make_bundle(chain: str, function: str, fields: Mapping[str, bytes], *, version: int,
                 node: str, updated_ms: int) -> Bundle:
     """Build a bundle whose metadata is computed from ``fields`` (for tests and tools)."""

@@ -35,6 +35,7 @@ from skylark.bundle import (
     Bundle,
     BundleMeta,
     Mechanism,
+    Tombstone,
     checksum_of_digests,
     field_digest,
     validate_fields,
@@ -368,7 +369,6 @@ class StateStore:
         """
         validate_name("chain id", chain)
         validate_name("function name", function)
-        meta_key = keys.meta_key(chain, function)
 
         def plan(pipe, current: _Current, seen: bool):
             if current.version == 0 or current.deleted:
@@ -377,17 +377,57 @@ class StateStore:
             version = current.version + 1
             now = _now_ms()
             pipe.multi()
-            self._queue_drop(pipe, chain, function, current)
-            pipe.hset(meta_key, mapping={
-                "version": version, "node": self.node, "updated_ms": now, "size": 0, "checksum": "",
-                "fields": 0, "mechanism": current.mechanism or Mechanism.BUNDLED.value, "deleted": 1,
-            })
-            pipe.expire(meta_key, self.tombstone_ttl_s)
+            self._queue_tombstone(pipe, Tombstone(chain, function, version, self.node, now), current)
             self._queue_change(pipe, chain, function, "delete", current.mechanism or "bundled",
                                sorted(current.digests), version, 0, "", now)
             return lambda results: version
 
         return self._transact(chain, function, "delete", plan)
+
+    def apply_tombstone(self, tombstone: Tombstone, *, once_key: str | None = None,
+                        once_ttl_s: int = 86_400) -> ApplyResult:
+        """Apply a delete made elsewhere, by the same rule as :meth:`apply`.
+
+        A newer tombstone drops the local copy (either mechanism) and keeps its version, exactly
+        like a local delete, also where nothing was held (so a copy that arrives late is stale);
+        an equal version that is a tombstone here already is a ``DUPLICATE``, one that is live
+        content is a ``CONFLICT`` (kept); an older one is ``STALE``. ``once_key`` as in
+        :meth:`apply`. Not appended to the change stream.
+        """
+        validate_name("chain id", tombstone.chain)
+        validate_name("function name", tombstone.function)
+
+        def mark(pipe) -> None:
+            if once_key:
+                pipe.set(once_key, b"1", ex=once_ttl_s)
+
+        def plan(pipe, current: _Current, seen: bool):
+            def refuse(outcome: ApplyOutcome, queue=mark):
+                return _refuse(pipe, ApplyResult(outcome, current.version, tombstone.version), queue)
+
+            if seen:
+                return refuse(ApplyOutcome.SEEN, None)
+            if tombstone.version < current.version:
+                return refuse(ApplyOutcome.STALE)
+            if tombstone.version == current.version:
+                return refuse(ApplyOutcome.DUPLICATE if current.deleted else ApplyOutcome.CONFLICT)
+            pipe.multi()
+            mark(pipe)
+            self._queue_tombstone(pipe, tombstone, current)
+            return lambda results: ApplyResult(ApplyOutcome.APPLIED, tombstone.version, tombstone.version)
+
+        return self._transact(tombstone.chain, tombstone.function, "tombstone", plan, once_key)
+
+    def _queue_tombstone(self, pipe, tombstone: Tombstone, current: _Current) -> None:
+        """Queue the drop of the content and the tombstone that keeps its version for a while."""
+        meta_key = keys.meta_key(tombstone.chain, tombstone.function)
+        self._queue_drop(pipe, tombstone.chain, tombstone.function, current)
+        pipe.hset(meta_key, mapping={
+            "version": tombstone.version, "node": tombstone.node, "updated_ms": tombstone.updated_ms,
+            "size": 0, "checksum": "", "fields": 0,
+            "mechanism": current.mechanism or Mechanism.BUNDLED.value, "deleted": 1,
+        })
+        pipe.expire(meta_key, self.tombstone_ttl_s)
 
     # -- reads ----------------------------------------------------------------------------
 

@@ -14,11 +14,11 @@ from eventing import catalogue
 from eventing.http import new_event, to_binary, to_structured
 from eventing.redisstream import encode_stream_event, to_go_binary
 from handlers.app import create_app, services_of
-from handlers.bundle_event import encode_payload, propagation_event
+from handlers.bundle_event import encode_payload, encode_tombstone, propagation_event
 from handlers.config import HandlerSettings
 from neighbors_service.targets import PolicyTargets
 from neighbors_service.topology import Node, Topology
-from skylark.bundle import make_bundle
+from skylark.bundle import Tombstone, make_bundle
 from skylark.settings import Settings
 
 from handlers_fixtures import ServerThread
@@ -67,7 +67,10 @@ def _bundle_event(bundle=None, *, target: str = "node-a", data: dict | None = No
     event = propagation_event(encode_payload(bundle, origin="node-b", inline_max_bytes=inline_max), target)
     headers, body = to_binary(event)
     for name, value in attributes.items():
-        headers[f"ce-{name}"] = value
+        if value is None:
+            headers.pop(f"ce-{name}", None)
+        else:
+            headers[f"ce-{name}"] = value
     if data is not None:
         body = json.dumps(data).encode()
     return headers, body
@@ -78,6 +81,16 @@ def _inline_data(**meta_overrides) -> dict:
     data = json.loads(encode_payload(bundle, origin="node-b", inline_max_bytes=1 << 30).data)
     data["meta"].update(meta_overrides)
     return data
+
+
+def _tombstone(**overrides) -> dict:
+    return {"chain": "c1", "function": "detect", "version": 2, "node": "node-b", "updated_ms": 5, **overrides}
+
+
+def _tombstone_event(version: int = 2, **headers):
+    t = Tombstone("c1", "detect", max(version, 1), "node-b", 5)
+    event_headers, _ = to_binary(propagation_event(encode_tombstone(t, origin="node-b"), "node-a"))
+    return {**event_headers, **headers}, json.dumps({"tombstone": _tombstone(version=version)}).encode()
 
 
 def _ping(data):
@@ -129,6 +142,13 @@ BAD_INPUTS = {
     "bundle for another node": (lambda: _bundle_event(target="node-z"), 400, "wrong_target"),
     "bundle claim missing keys": (lambda: _bundle_event(data={"claim": {"node": "node-b"}}), 400,
                                   "invalid_bundle_event"),
+    "tombstone missing keys": (lambda: _bundle_event(data={"tombstone": {"chain": "c1", "function": "detect"}},
+                                                     **{"skylarkchecksum": None}), 400, "invalid_bundle_event"),
+    "tombstone and bundle": (lambda: _bundle_event(data={**_inline_data(), "tombstone": _tombstone()}), 400,
+                             "invalid_bundle_event"),
+    "tombstone version zero": (lambda: _tombstone_event(version=0), 400, "invalid_bundle_event"),
+    "tombstone with a checksum": (lambda: _tombstone_event(**{"ce-skylarkchecksum": "0" * 40}), 400,
+                                  "invalid_bundle_event"),
     # bad warm-up data
     "ping data not json": (lambda: _ping("warm everything"), 400, "malformed_data"),
     "ping data list": (lambda: _ping(["c1"]), 400, "invalid_warmup"),
@@ -177,11 +197,12 @@ def test_get_and_unknown_paths_are_json_errors(node):
     assert answer.status_code == 404 and answer.json()["error"] == "not_found"
 
 
-def test_delete_changes_are_acknowledged_not_propagated(node):
+def test_a_delete_change_without_neighbours_has_no_targets_and_writes_nothing(node):
     url, client = node
     answer = requests.post(url + "/", *(), **dict(zip(("headers", "data"), _stream(_change(op="delete")))),
                            timeout=10)
-    assert answer.status_code == 202 and answer.json()["outcome"] == "skipped_delete"
+    assert answer.status_code == 202
+    assert (answer.json()["outcome"], answer.json()["version"]) == ("no_targets", 1)
     assert _keys(client) == set()
 
 

@@ -4,14 +4,16 @@ handlers, B's local broker and B's handlers; each node has its own real Redis.""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import requests
 
 from eventing.http import to_binary, to_structured
 from eventing.redisstream import encode_stream_event, to_go_binary
-from handlers.bundle_event import encode_payload, propagation_event
-from skylark.bundle import make_bundle
+from handlers.bundle_event import encode_payload, encode_tombstone, propagation_event
+from skylark.bundle import Tombstone, make_bundle
+from skylark.errors import BundleNotFound
 
 from handlers_fixtures import cluster_factory  # noqa: F401 - pytest fixture
 
@@ -63,6 +65,42 @@ def test_single_state_is_propagated_as_one_bundle(cluster_factory):
     assert (meta_b.version, meta_b.checksum) == (result.meta.version, result.meta.checksum)
     # One round trip on B: the single fields of A arrived as one bundle.
     assert b.store.get_bundle(CHAIN, "preprocess").fields == {"w": b"640", "h": b"481"}
+
+
+def _wait_deleted(node, chain: str, function: str, version: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while node.store.local_version(chain, function) < version or node.meta(chain, function) is not None:
+        assert time.monotonic() < deadline, f"{node.name}: delete v{version} did not arrive"
+        time.sleep(0.01)
+
+
+def test_a_delete_on_a_removes_the_copies_and_a_late_copy_stays_out(cluster_factory):
+    cluster = cluster_factory(["node-a", "node-b", "node-c"], [("node-a", "node-b"), ("node-a", "node-c")],
+                              inline_max_bytes=4096)
+    a, b, c = cluster["node-a"], cluster["node-b"], cluster["node-c"]
+    a.store.put(CHAIN, "preprocess", {"frame": os.urandom(512)})
+    put = a.store.put_single(CHAIN, "detect", {"boxes": os.urandom(8192)})  # claim-checked, single
+    for node in (b, c):
+        node.wait_for_version(CHAIN, "detect", put.meta.version)
+    old_copy = b.store.get_bundle(CHAIN, "detect")
+    version = a.store.delete(CHAIN, "detect")
+    for node in (b, c):
+        _wait_deleted(node, CHAIN, "detect", version)
+        with pytest.raises(BundleNotFound):
+            node.store.get_bundle(CHAIN, "detect")
+        assert node.store.get_bundle(CHAIN, "preprocess").version == 1  # other state untouched
+    assert b.metric("skylark_handler_events_total", type="io.skylark.bundle.propagated", outcome="applied") >= 3
+    # the copy of the deleted version, arriving late by another way (here: pushed by another
+    # node, so not a redelivery of an event B has seen), does not come back
+    headers, body = to_binary(propagation_event(
+        encode_payload(old_copy, origin="node-x", inline_max_bytes=1 << 20), "node-b"))
+    answer = b.post(headers, body)
+    assert answer.status_code == 202 and answer.json()["outcome"] == "stale"
+    assert b.meta(CHAIN, "detect") is None
+    # written again after the delete: the new version reaches the neighbours as usual
+    again = a.store.put(CHAIN, "detect", {"boxes": b"[]"})
+    assert again.meta.version == version + 1
+    assert b.wait_for_version(CHAIN, "detect", again.meta.version).checksum == again.meta.checksum
 
 
 def test_duplicate_deliveries_do_not_bump_versions(cluster_factory):
@@ -152,11 +190,16 @@ def test_signed_propagation_and_forged_events(cluster_factory):
     b.wait_for_version(CHAIN, "detect", result.meta.version)
     forged = make_bundle(CHAIN, "detect", {"n": b"evil"}, version=99, node="node-a", updated_ms=1)
     payload = encode_payload(forged, origin="node-a", inline_max_bytes=1 << 20, sign=True)
-    for signing_key in (None, b"wrong-key-but-long-enough"):
-        answer = b.post(*to_binary(propagation_event(payload, "node-b", signing_key)))
-        assert answer.status_code == 401
-        assert answer.json()["error"] == "invalid_signature"
+    forged_delete = encode_tombstone(Tombstone(CHAIN, "detect", 99, "node-a", 1), origin="node-a")
+    for forged_payload in (payload, forged_delete):
+        for signing_key in (None, b"wrong-key-but-long-enough"):
+            answer = b.post(*to_binary(propagation_event(forged_payload, "node-b", signing_key)))
+            assert answer.status_code == 401
+            assert answer.json()["error"] == "invalid_signature"
     assert b.meta(CHAIN, "detect").version == result.meta.version
+    # a signed tombstone from A (its real delete) is accepted
+    version = a.store.delete(CHAIN, "detect")
+    _wait_deleted(b, CHAIN, "detect", version)
 
 
 def test_warmup_pulls_missing_and_older_bundles_from_neighbours(cluster_factory):
@@ -181,6 +224,22 @@ def test_warmup_pulls_missing_and_older_bundles_from_neighbours(cluster_factory)
     again = a.post(*to_binary(encode_ping({"chains": ["c1"], "nodes": ["node-b"]}))).json()
     assert (again["checked"], again["refreshed"]) == (2, 1)  # c1/alarm from B; c1/detect is current
     assert a.metric("skylark_handler_warmup_refreshed_total") == 3
+    # C deleted c1/detect while the stream source was down: the warm-up drops A's copy too
+    version = c.store.delete("c1", "detect")
+    b.store.delete("c1", "alarm")
+    repaired = a.post(*to_binary(encode_ping({"chains": ["c1"]}))).json()
+    assert (repaired["deleted"], repaired["refreshed"]) == (2, 0)
+    assert "c1/detect@node-c (deleted)" in repaired["refreshed_pairs"]
+    assert a.meta("c1", "detect") is None and a.store.local_version("c1", "detect") == version
+    assert a.meta("c1", "alarm") is None
+    # a pair deleted where it is known and never held here is neither pulled nor made up
+    c.store.delete("c2", "detect")
+    b.store.put("c9", "detect", {"n": b"z"})
+    b.store.delete("c9", "detect")
+    assert a.store.delete("c2", "detect") == 2  # A's own copy, deleted locally as well
+    last = a.post(*to_binary(encode_ping({"chains": ["c2", "c9"], "functions": ["detect"]}))).json()
+    assert (last["deleted"], last["missing"], last["current"]) == (0, 1, 1)
+    assert a.store.local_version("c9", "detect") == 0
 
 
 def encode_ping(data: dict):

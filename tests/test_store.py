@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from skylark import keys
-from skylark.bundle import ApplyOutcome, checksum_of, make_bundle, size_of
+from skylark.bundle import ApplyOutcome, Tombstone, checksum_of, make_bundle, size_of
 from skylark.changes import ChangeRecord
 from skylark.embedded import free_port
 from skylark.errors import (
@@ -360,3 +360,33 @@ def test_redis_py_errors_do_not_leak(store):
     with pytest.raises(StoreUnavailable):
         store.put("c", "f", {"a": b"1"})
     assert store.client.exists(keys.bundle_key("c", "f"), keys.DEFAULT_CHANGE_STREAM) == 0
+
+
+def test_apply_tombstone_newer_duplicate_conflict_stale(store, redis_client):
+    store.put_single("c", "f", {"a": b"1", "b": b"2"})           # v1, single mechanism here
+    assert store.apply_tombstone(Tombstone("c", "f", 1, "node-b", 5)).outcome is ApplyOutcome.CONFLICT
+    applied = store.apply_tombstone(Tombstone("c", "f", 2, "node-b", 6), once_key="once:t", once_ttl_s=60)
+    assert (applied.outcome, applied.local_version) == (ApplyOutcome.APPLIED, 2)
+    with pytest.raises(BundleNotFound):
+        store.get_single("c", "f", ["a"])
+    assert store.local_version("c", "f") == 2
+    assert redis_client.keys("skylark:single:*") == [] and redis_client.exists("once:t")
+    assert 0 < redis_client.ttl(keys.meta_key("c", "f")) <= store.tombstone_ttl_s
+    assert store.apply_tombstone(Tombstone("c", "f", 2, "node-b", 6)).outcome is ApplyOutcome.DUPLICATE
+    assert store.apply_tombstone(Tombstone("c", "f", 2, "node-b", 6), once_key="once:t").outcome is ApplyOutcome.SEEN
+    assert store.apply_tombstone(Tombstone("c", "f", 1, "node-b", 4)).outcome is ApplyOutcome.STALE
+    # a copy of the deleted version that arrives after the tombstone does not bring it back
+    late = make_bundle("c", "f", {"a": b"1"}, version=1, node="node-b", updated_ms=1)
+    assert store.apply(late).outcome is ApplyOutcome.STALE
+    # remote deletes are not changes of this node
+    assert [fields["op"] for _, fields in entries(redis_client)] == ["put"]
+
+
+def test_a_tombstone_for_state_never_held_here_still_guards_the_version(store):
+    assert store.apply_tombstone(Tombstone("c", "f", 4, "node-b", 9)).outcome is ApplyOutcome.APPLIED
+    assert store.local_version("c", "f") == 4 and store.get_meta("c", "f") is None
+    copy = make_bundle("c", "f", {"a": b"x"}, version=3, node="node-b", updated_ms=3)
+    assert store.apply(copy).outcome is ApplyOutcome.STALE
+    newer = make_bundle("c", "f", {"a": b"y"}, version=5, node="node-b", updated_ms=10)
+    assert store.apply(newer).outcome is ApplyOutcome.APPLIED
+    assert store.get_bundle("c", "f").fields == {"a": b"y"}
