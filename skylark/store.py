@@ -331,9 +331,7 @@ class StateStore:
             raise BundleTooLarge(meta.size, self.max_bundle_bytes)
         data_key, meta_key = keys.bundle_key(meta.chain, meta.function), keys.meta_key(meta.chain, meta.function)
 
-        def mark(pipe) -> None:
-            if once_key:
-                pipe.set(once_key, b"1", ex=once_ttl_s)
+        mark = _marker(once_key, once_ttl_s)
 
         def plan(pipe, current: _Current, seen: bool):
             if seen:
@@ -397,9 +395,7 @@ class StateStore:
         validate_name("chain id", tombstone.chain)
         validate_name("function name", tombstone.function)
 
-        def mark(pipe) -> None:
-            if once_key:
-                pipe.set(once_key, b"1", ex=once_ttl_s)
+        mark = _marker(once_key, once_ttl_s)
 
         def plan(pipe, current: _Current, seen: bool):
             def refuse(outcome: ApplyOutcome, queue=mark):
@@ -487,6 +483,14 @@ class StateStore:
             return bool(self.client.ping())
         except redis.RedisError:
             return False
+
+
+def _marker(once_key: str | None, ttl_s: int):
+    """The queued step that records a delivery's idempotency key (a no-op without one)."""
+    def mark(pipe) -> None:
+        if once_key:
+            pipe.set(once_key, b"1", ex=ttl_s)
+    return mark
 
 
 def _refuse(pipe, result, queue=None):

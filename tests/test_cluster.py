@@ -14,7 +14,6 @@ import psutil
 import pytest
 
 from skylark.embedded import free_port_block
-from skylark.netem import NetworkEmulation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
