@@ -12,7 +12,8 @@ Decisions (see ``handlers/README.md``):
   state was written again since, the current bundle is pushed instead (``"newer": true``).
 - A change for state that no longer exists is acknowledged (``superseded``): a delete came
   after it, and its own change pushes the tombstone. A change for a (chain, function) this node
-  never held is a 400 ``unknown_chain``.
+  never held — or a delete its Redis holds no tombstone of (never made here, or the tombstone
+  expired after ``tombstone_ttl_s``) — is a 400 ``unknown_chain``.
 - Targets are published to in parallel (the app's thread pool). Any target whose broker did not
   take the event after the publisher's retries makes the answer 503, so Knative (or the local
   stream source) delivers the change again; targets that did take it drop the repeat by event id.
@@ -98,13 +99,14 @@ class Propagator:
             bundle = current_bundle(self.store, change.chain, change.function, change.mechanism)
         except BundleNotFound:
             local_version = self.store.local_version(change.chain, change.function)
-            if change.op == "delete":
-                # The tombstone itself may have expired already: the change says all it needs.
-                payload = self._tombstone(change, max(local_version, change.version))
-            elif local_version == 0:
+            if local_version == 0 or (change.op == "delete" and local_version < change.version):
                 raise ClientError(400, "unknown_chain",
-                                  f"no state for chain {change.chain!r}, function {change.function!r} "
-                                  "on this node") from None
+                                  f"no state (or tombstone) v{change.version} for chain {change.chain!r}, "
+                                  f"function {change.function!r} on this node") from None
+            if change.op == "delete" and local_version == change.version:
+                # Only a delete this node's Redis shows is pushed, never what an event merely
+                # claims: a forged change must not wipe the neighbours' copies.
+                payload = self._tombstone(change)
             else:
                 log.info("change superseded by a delete", extra=context)
                 return PropagationReport("superseded", change.chain, change.function, change.version)
@@ -144,10 +146,11 @@ class Propagator:
                                       "elapsed_ms": round(elapsed * 1000, 3)})
         return report
 
-    def _tombstone(self, change: ChangeRecord, version: int) -> Payload:
-        # The tombstone carries the node that deleted, as a bundle carries the node that wrote.
-        return encode_tombstone(Tombstone(change.chain, change.function, version, change.node, change.ts_ms),
-                                origin=self.node)
+    def _tombstone(self, change: ChangeRecord) -> Payload:
+        # The delete's own change entry was written with its tombstone, in the same transaction:
+        # its node and time are the tombstone's.
+        tombstone = Tombstone(change.chain, change.function, change.version, change.node, change.ts_ms)
+        return encode_tombstone(tombstone, origin=self.node)
 
     def _publish_all(self, payload: Payload, chosen: list[Target]) -> list[PublishOutcome]:
         events = [propagation_event(payload, t.node, self.signing_key) for t in chosen]

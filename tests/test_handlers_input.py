@@ -20,6 +20,7 @@ from neighbors_service.targets import PolicyTargets
 from neighbors_service.topology import Node, Topology
 from skylark.bundle import Tombstone, make_bundle
 from skylark.settings import Settings
+from skylark.store import StateStore
 
 from handlers_fixtures import ServerThread
 
@@ -197,13 +198,26 @@ def test_get_and_unknown_paths_are_json_errors(node):
     assert answer.status_code == 404 and answer.json()["error"] == "not_found"
 
 
-def test_a_delete_change_without_neighbours_has_no_targets_and_writes_nothing(node):
+def test_a_delete_change_is_pushed_only_when_this_node_holds_its_tombstone(node):
     url, client = node
-    answer = requests.post(url + "/", *(), **dict(zip(("headers", "data"), _stream(_change(op="delete")))),
-                           timeout=10)
-    assert answer.status_code == 202
-    assert (answer.json()["outcome"], answer.json()["version"]) == ("no_targets", 1)
+
+    def post_delete(version: int) -> requests.Response:
+        headers, body = _stream(_change(op="delete", version=str(version), size="0", checksum=""))
+        return requests.post(url + "/", headers=headers, data=body, timeout=10)
+
+    # a forged or stray delete for state never held here: refused, nothing written
+    forged = post_delete(1)
+    assert forged.status_code == 400 and forged.json()["error"] == "unknown_chain"
     assert _keys(client) == set()
+    store = StateStore(client, node="node-a")
+    store.put("c1", "detect", {"n": b"1"})
+    contradicted = post_delete(2).json()                              # v1 is live here: no delete
+    assert (contradicted["outcome"], contradicted["version"]) == ("no_targets", 1)
+    version = store.delete("c1", "detect")
+    assert post_delete(version + 5).status_code == 400                # claims a later delete
+    answer = post_delete(version)
+    assert answer.status_code == 202                                 # the real one (no neighbours)
+    assert (answer.json()["outcome"], answer.json()["version"]) == ("no_targets", version)
 
 
 def test_random_garbage_never_gets_a_5xx(node):
