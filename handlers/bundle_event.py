@@ -6,8 +6,9 @@ extensions ``skylarkchain``, ``skylarkfunction``, ``skylarkversion``, ``skylarkn
 ``skylarkchecksum``, ``skylarksize``, ``skylarktarget`` and, with a signing key,
 ``skylarksignature``. Data (``application/json``), one of:
 
-* inline: ``{"meta": {chain, function, version, node, updated_ms, size, checksum, fields},
-  "fields": {"<name>": "<base64>"}}``
+* inline: ``{"meta": {chain, function, version, node, updated_ms, size, checksum, fields,
+  ttl_ms?}, "fields": {"<name>": "<base64>"}}`` — ``ttl_ms``, when the state expires on the
+  origin, is the time it had left there; the copy expires after as long.
 * claim check: ``{"claim": {node, chain, function, version, checksum, size}}`` — the receiver
   pulls the bundle from the origin node's Redis in one round trip.
 * tombstone: ``{"tombstone": {chain, function, version, node, updated_ms}}`` — the state was
@@ -68,7 +69,7 @@ class Claim:
 def _inline_parts(bundle: Bundle) -> list[str]:
     m = bundle.meta
     return [INLINE, m.chain, m.function, str(m.version), m.node, str(m.updated_ms), str(m.size),
-            m.checksum, str(m.field_count), *signing.field_hashes(bundle.fields)]
+            m.checksum, str(m.field_count), str(m.ttl_ms or ""), *signing.field_hashes(bundle.fields)]
 
 
 def _tombstone_parts(t: Tombstone) -> list[str]:
@@ -254,6 +255,7 @@ def _decode_inline(document: Mapping[str, Any]) -> Bundle:
         size=_integer("meta.size", raw_meta["size"]),
         checksum=_checksum("meta.checksum", raw_meta["checksum"]),
         field_count=_integer("meta.fields", raw_meta["fields"]),
+        ttl_ms=_integer("meta.ttl_ms", raw_meta["ttl_ms"], 1) if "ttl_ms" in raw_meta else None,
     )
     return Bundle(meta, fields)
 

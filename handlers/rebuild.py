@@ -56,9 +56,10 @@ def _single_snapshot(store: StateStore, chain: str, function: str) -> Bundle | N
         for _ in range(_SNAPSHOT_ATTEMPTS):
             pipe = client.pipeline(transaction=True)
             pipe.hgetall(meta_key)
+            pipe.pttl(meta_key)  # put_single's ttl_s expires the meta with the fields
             for name in names:
                 pipe.get(keys.single_key(chain, function, name))
-            raw_meta, *values = pipe.execute()
+            raw_meta, pttl, *values = pipe.execute()
             if not raw_meta or raw_meta.get(b"deleted") == b"1" or raw_meta.get(b"mechanism") != b"single":
                 return None
             current = _digest_names(raw_meta)
@@ -70,6 +71,7 @@ def _single_snapshot(store: StateStore, chain: str, function: str) -> Bundle | N
                     node=raw_meta[b"node"].decode(), updated_ms=int(raw_meta[b"updated_ms"]),
                     size=int(raw_meta[b"size"]), checksum=raw_meta[b"checksum"].decode(),
                     field_count=int(raw_meta[b"fields"]), mechanism=Mechanism.SINGLE,
+                    ttl_ms=pttl if pttl > 0 else None,
                 )
                 return Bundle(meta, dict(zip(names, values)))
             names = current  # a write raced the read: take the new names and read again

@@ -72,9 +72,12 @@ class BundleMeta:
     checksum: str
     field_count: int
     mechanism: Mechanism = Mechanism.BUNDLED
+    # Time left before the state expires where it was read (a write's ``ttl_s``), None when it
+    # does not expire. Relative, not a deadline: nodes at the edge need not share a clock.
+    ttl_ms: int | None = None
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "chain": self.chain,
             "function": self.function,
             "version": self.version,
@@ -85,6 +88,9 @@ class BundleMeta:
             "fields": self.field_count,
             "mechanism": self.mechanism.value,
         }
+        if self.ttl_ms is not None:
+            out["ttl_ms"] = self.ttl_ms
+        return out
 
 
 @dataclass(frozen=True)

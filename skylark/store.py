@@ -76,7 +76,8 @@ def redis_errors(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"Redis refused {what}: {exc}") from exc
 
 
-def _parse_meta(chain: str, function: str, raw: Mapping[bytes, bytes]) -> BundleMeta | None:
+def _parse_meta(chain: str, function: str, raw: Mapping[bytes, bytes], pttl: int = -1) -> BundleMeta | None:
+    """``pttl``: Redis' PTTL of the state (-1: no expiry, -2: gone)."""
     if not raw or raw.get(b"deleted") == b"1" or b"version" not in raw:
         return None
     return BundleMeta(
@@ -89,6 +90,7 @@ def _parse_meta(chain: str, function: str, raw: Mapping[bytes, bytes]) -> Bundle
         checksum=raw[b"checksum"].decode(),
         field_count=int(raw[b"fields"]),
         mechanism=Mechanism(raw[b"mechanism"].decode()),
+        ttl_ms=pttl if pttl > 0 else None,
     )
 
 
@@ -355,6 +357,10 @@ class StateStore:
                 meta_fields[f"d:{name}"] = digests[name]
                 meta_fields[f"l:{name}"] = len(value)
             pipe.hset(meta_key, mapping=meta_fields)
+            if meta.ttl_ms:
+                # The copy expires with the original (the keys were just recreated: no TTL yet).
+                pipe.pexpire(data_key, meta.ttl_ms)
+                pipe.pexpire(meta_key, meta.ttl_ms)
             return lambda results: ApplyResult(ApplyOutcome.APPLIED, meta.version, meta.version)
 
         return self._transact(meta.chain, meta.function, "apply", plan, once_key)
@@ -435,8 +441,9 @@ class StateStore:
             pipe = self.client.pipeline(transaction=True)
             pipe.hgetall(keys.bundle_key(chain, function))
             pipe.hgetall(keys.meta_key(chain, function))
-            data, raw_meta = pipe.execute()
-        meta = _parse_meta(chain, function, raw_meta)
+            pipe.pttl(keys.meta_key(chain, function))  # a write's ttl_s expires data and meta together
+            data, raw_meta, pttl = pipe.execute()
+        meta = _parse_meta(chain, function, raw_meta, pttl)
         if meta is None or meta.mechanism is not Mechanism.BUNDLED:
             raise BundleNotFound(chain, function)
         return Bundle(meta, {name.decode(): value for name, value in data.items()})

@@ -135,6 +135,8 @@ BAD_INPUTS = {
     "bundle version zero": (lambda: _bundle_event(data=_inline_data(version=0), **{"skylarkversion": "0"}), 400,
                             "invalid_bundle_event"),
     "bundle version string": (lambda: _bundle_event(data=_inline_data(version="1")), 400, "invalid_bundle_event"),
+    "bundle ttl zero": (lambda: _bundle_event(data=_inline_data(ttl_ms=0)), 400, "invalid_bundle_event"),
+    "bundle ttl text": (lambda: _bundle_event(data=_inline_data(ttl_ms="60s")), 400, "invalid_bundle_event"),
     "bundle bad chain": (lambda: _bundle_event(data=_inline_data(chain="a/b"), **{"skylarkchain": "a/b"}), 400,
                          "invalid_bundle_event"),
     "bundle attribute disagrees": (lambda: _bundle_event(**{"skylarkversion": "7"}), 400, "invalid_bundle_event"),

@@ -103,6 +103,19 @@ def test_a_delete_on_a_removes_the_copies_and_a_late_copy_stays_out(cluster_fact
     assert b.wait_for_version(CHAIN, "detect", again.meta.version).checksum == again.meta.checksum
 
 
+def test_copies_expire_with_the_original_inline_claim_and_single(cluster_factory):
+    cluster = cluster_factory(["node-a", "node-b"], [("node-a", "node-b")], inline_max_bytes=4096)
+    a, b = cluster["node-a"], cluster["node-b"]
+    writes = {"preprocess": a.store.put(CHAIN, "preprocess", {"n": b"1"}, ttl_s=300),          # inline
+              "detect": a.store.put(CHAIN, "detect", {"frame": os.urandom(8192)}, ttl_s=300),  # claim
+              "alarm": a.store.put_single(CHAIN, "alarm", {"rule": b"face"}, ttl_s=300)}      # single
+    for function, result in writes.items():
+        b.wait_for_version(CHAIN, function, result.meta.version)
+        ttl_ms = b.store.client.pttl(f"skylark:meta:{CHAIN}:{function}")
+        assert 280_000 < ttl_ms <= 300_000, (function, ttl_ms)
+        assert 0 < b.store.client.pttl(f"skylark:bundle:{CHAIN}:{function}") <= 300_000
+
+
 def test_duplicate_deliveries_do_not_bump_versions(cluster_factory):
     cluster = cluster_factory(["node-a", "node-b"], [("node-a", "node-b")], stream_sources=False)
     a, b = cluster["node-a"], cluster["node-b"]

@@ -148,6 +148,23 @@ def test_ttl_applies_to_data_and_meta(store, redis_client):
     assert 0 < redis_client.ttl(keys.meta_key("c", "f")) <= 100
     store.put("c", "f", {"a": b"2"})  # a write without TTL makes the state persistent again
     assert redis_client.ttl(keys.bundle_key("c", "f")) == -1
+    assert store.get_bundle("c", "f").meta.ttl_ms is None
+
+
+def test_a_copy_expires_with_its_original(store, redis_client, redis_factory):
+    store.put("c", "f", {"a": b"1"}, ttl_s=100)
+    original = store.get_bundle("c", "f")
+    assert 90_000 < original.meta.ttl_ms <= 100_000      # the time it has left, read with the bundle
+    neighbour = StateStore(redis_factory().client(), node="node-b")
+    assert neighbour.apply(original).outcome is ApplyOutcome.APPLIED
+    for key in (keys.bundle_key("c", "f"), keys.meta_key("c", "f")):
+        assert 0 < neighbour.client.pttl(key) <= original.meta.ttl_ms
+    copy = neighbour.get_bundle("c", "f")
+    assert copy.fields == {"a": b"1"} and 0 < copy.meta.ttl_ms <= original.meta.ttl_ms
+    # a newer version without expiry makes the copy persistent, as on the origin
+    store.put("c", "f", {"a": b"2"})
+    assert neighbour.apply(store.get_bundle("c", "f")).outcome is ApplyOutcome.APPLIED
+    assert neighbour.client.pttl(keys.bundle_key("c", "f")) == -1
 
 
 def test_two_writers_versions_strictly_increase_without_torn_reads(redis_server, redis_client):
