@@ -14,8 +14,8 @@ more round trip) from the node with the newest version when the local copy is mi
 and applied with the usual newer-wins rule. When that newest version is a tombstone (the state
 was deleted there), the local copy is dropped instead (``deleted``), as a propagated delete would
 have done. This also repairs propagation that the stream source lost (the real RedisStreamSource
-acks failed deliveries and skips entries written while it restarts). A neighbour that cannot be reached is reported, not fatal; the local Redis being down is
-a 503.
+acks failed deliveries and skips entries written while it restarts). A neighbour that cannot be
+reached is reported, not fatal; the local Redis being down is a 503.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ class WarmupReport:
 
     def to_dict(self) -> dict:
         return {"outcome": "warmed", "checked": self.checked, "refreshed": self.refreshed,
-                "deleted": self.deleted, "current": self.current, "missing": self.missing, "failed": self.failed, "truncated": self.truncated,
+                "deleted": self.deleted, "current": self.current, "missing": self.missing,
+                "failed": self.failed, "truncated": self.truncated,
                 "nodes": self.nodes, "unreachable": self.unreachable,
                 "refreshed_pairs": self.refreshed_pairs[:100]}
 
