@@ -6,10 +6,11 @@ Decisions (see ``handlers/README.md``):
   was overtaken by a newer write; its own change entry follows, but propagating the newest now
   is never wrong (receivers keep the newest) and the later push of the same version is dropped
   by the receivers' dedupe (same event id). The answer says ``"newer": true``.
-- A ``delete`` change is pushed as a tombstone (``mode: tombstone``) to the targets of a
-  0-byte bundle — every node the policy admits for any size, so at least every node that got a
-  copy — and the receivers drop their copy (``StateStore.apply_tombstone``, newer wins). If the
-  state was written again since, the current bundle is pushed instead (``"newer": true``).
+- A ``delete`` change is pushed as a tombstone (``mode: tombstone``) to every node that may
+  hold a copy (``TargetResolver.holders``: for ``skylark`` the targets of a 0-byte bundle, for
+  ``random`` every ready neighbour), and the receivers drop their copy
+  (``StateStore.apply_tombstone``, newer wins). If the state was written again since, the
+  current bundle is pushed instead (``"newer": true``).
 - A change for state that no longer exists is acknowledged (``superseded``): a delete came
   after it, and its own change pushes the tombstone. A change for a (chain, function) this node
   never held — or a delete its Redis holds no tombstone of (never made here, or the tombstone
@@ -31,7 +32,7 @@ from cloudevents.core.base import BaseCloudEvent
 
 from eventing.publisher import Delivery, PublishOutcome, Publisher
 from eventing.redisstream import decode_stream_event
-from handlers.bundle_event import Payload, encode_payload, encode_tombstone, propagation_event
+from handlers.bundle_event import TOMBSTONE, Payload, encode_payload, encode_tombstone, propagation_event
 from handlers.metrics import HandlerMetrics
 from handlers.rebuild import current_bundle
 from neighbors_service.targets import Target, TargetResolver
@@ -116,7 +117,10 @@ class Propagator:
         self.metrics.rebuild_seconds.observe(time.perf_counter() - start)
 
         version = payload.meta.version
-        chosen = self.targets.targets(self.node, change.function, payload.meta.size)
+        if payload.mode == TOMBSTONE:
+            chosen = self.targets.holders(self.node, change.function)
+        else:
+            chosen = self.targets.targets(self.node, change.function, payload.meta.size)
         newer = version > change.version
         if not chosen:
             return PropagationReport("no_targets", change.chain, change.function, change.version,

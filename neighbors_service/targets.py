@@ -37,6 +37,11 @@ class TargetResolver(Protocol):
         """
         ...
 
+    def holders(self, node: str, function: str) -> list[Target]:
+        """Every node that may hold a copy of ``function``'s state pushed from ``node``, whatever
+        its size: where a delete's tombstone goes."""
+        ...
+
     def redis_url(self, node: str) -> str | None:
         """The Redis of ``node`` (claim-check pulls, warm-up), or None if unknown."""
         ...
@@ -87,6 +92,16 @@ class PolicyTargets:
         names = propagation_targets(topology, node, size_bytes, self._slo(), self.policy, self._rng)
         found = (topology.node(name) for name in names)
         return [Target(n.name, n.broker_url) for n in found if n.broker_url]
+
+    def holders(self, node: str, function: str) -> list[Target]:
+        # skylark: a smaller bundle fits every link a larger one fits, so the targets of a 0-byte
+        # bundle include every earlier target; random: each push picked any ready neighbour.
+        if self.policy != "random":
+            return self.targets(node, function, 0)
+        topology = self._topology()
+        if node not in topology:
+            return []
+        return [Target(n.name, n.broker_url) for n in topology.neighbors(node) if n.ready and n.broker_url]
 
     def redis_url(self, node: str) -> str | None:
         topology = self._topology()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from neighbors_service.policies import SLO
 from neighbors_service.targets import PolicyTargets
-from neighbors_service.topology import Topology
+from neighbors_service.topology import Link, Node, Topology
 from skylark.fn import NodeState
 from skylark.peers import StaticPeers
 from skylark.redis_client import connect
@@ -36,3 +37,20 @@ def test_waits_only_where_the_bundle_is_pushed(redis_factory):
     # the stateless baseline never waits
     read = state("node-b", b, "stateless").read("chain", "preprocess", "node-a", version)
     assert read.location == "remote" and read.waited_ms == 0
+
+
+def test_holders_are_every_node_an_earlier_push_may_have_reached():
+    nodes = (*(Node(n, broker_url=f"http://{n}.local/") for n in ("a", "near", "far")),
+             Node("down", broker_url="http://down.local/", ready=False))
+    links = (Link("a", "near", 1, 1000), Link("a", "far", 40, 1), Link("a", "down", 1, 1000))
+    topology = Topology(nodes, links)
+    slo = SLO(max_latency_ms=100, min_bandwidth_mbps=0)
+    skylark = PolicyTargets.fixed(topology, slo)
+    # 1 MB over the 1 Mbit link takes 8 s: that bundle went to "near" only, a small one to both
+    assert [t.node for t in skylark.targets("a", "f", 1_000_000)] == ["near"]
+    assert sorted(t.node for t in skylark.holders("a", "f")) == ["far", "near"]
+    # random: each push picked one ready neighbour, so a delete goes to all of them
+    randomly = PolicyTargets.fixed(topology, slo, policy="random", seed=3)
+    assert len(randomly.targets("a", "f", 1_000_000)) == 1
+    assert sorted(t.node for t in randomly.holders("a", "f")) == ["far", "near"]
+    assert PolicyTargets.fixed(topology, slo, policy="stateless").holders("a", "f") == []

@@ -103,6 +103,20 @@ def test_a_delete_on_a_removes_the_copies_and_a_late_copy_stays_out(cluster_fact
     assert b.wait_for_version(CHAIN, "detect", again.meta.version).checksum == again.meta.checksum
 
 
+def test_with_the_random_policy_a_delete_reaches_every_neighbour_a_push_may_have_picked(cluster_factory):
+    cluster = cluster_factory(["node-a", "node-b", "node-c"], [("node-a", "node-b"), ("node-a", "node-c")],
+                              policy="random")
+    a, b, c = cluster["node-a"], cluster["node-b"], cluster["node-c"]
+    put = a.store.put(CHAIN, "detect", {"n": b"1"})
+    deadline = time.monotonic() + 10
+    while not any(n.store.local_version(CHAIN, "detect") == put.meta.version for n in (b, c)):
+        assert time.monotonic() < deadline, "the push reached neither neighbour"
+        time.sleep(0.01)
+    version = a.store.delete(CHAIN, "detect")
+    for node in (b, c):  # the one that got the copy and the one that did not
+        _wait_deleted(node, CHAIN, "detect", version)
+
+
 def test_copies_expire_with_the_original_inline_claim_and_single(cluster_factory):
     cluster = cluster_factory(["node-a", "node-b"], [("node-a", "node-b")], inline_max_bytes=4096)
     a, b = cluster["node-a"], cluster["node-b"]
