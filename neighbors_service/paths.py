@@ -74,61 +74,57 @@ def _hops(adj: Adjacency, order: list[int]) -> Path:
     return Path(tuple(order), tuple(lat), tuple(bw))
 
 
+class _Frontier:
+    """One side of the bidirectional search: distances from its root along its edges."""
+
+    def __init__(self, root: int, edges) -> None:  # noqa: ANN001 - Adjacency.edges or .reverse
+        self.edges = edges
+        self.dist: dict[int, float] = {root: 0.0}
+        self.via: dict[int, int] = {}  # the node each one was reached from, towards the root
+        self.done: set[int] = set()
+        self.heap: list[tuple[float, int]] = [(0.0, root)]
+
+    def settle(self, other: dict[int, float], best: float, meet: int) -> tuple[float, int]:
+        """Settle the nearest open node; returns the best (length, meeting node) known since."""
+        d, u = heappop(self.heap)
+        if u in self.done:
+            return best, meet
+        self.done.add(u)
+        dist, inf = self.dist, math.inf
+        for v, w, _bw in self.edges[u]:
+            nd = d + w
+            if v not in self.done and nd < dist.get(v, inf):
+                dist[v] = nd
+                self.via[v] = u
+                heappush(self.heap, (nd, v))
+                there = other.get(v)
+                if there is not None and nd + there < best:
+                    best, meet = nd + there, v
+        return best, meet
+
+
 def shortest_path(adj: Adjacency, source: int, target: int) -> Path | None:
     """The minimum-latency path from ``source`` to ``target``, or None if unreachable."""
     if source == target:
         return Path((source,), (), ())
-    inf = math.inf
-    forward, backward = adj.edges, adj.reverse
-    dist_f: dict[int, float] = {source: 0.0}
-    dist_b: dict[int, float] = {target: 0.0}
-    prev_f: dict[int, int] = {}
-    next_b: dict[int, int] = {}
-    done_f: set[int] = set()
-    done_b: set[int] = set()
-    heap_f: list[tuple[float, int]] = [(0.0, source)]
-    heap_b: list[tuple[float, int]] = [(0.0, target)]
-    best, meet = inf, -1
-    while heap_f and heap_b:
-        if heap_f[0][0] + heap_b[0][0] >= best:
+    forward, backward = _Frontier(source, adj.edges), _Frontier(target, adj.reverse)
+    best, meet = math.inf, -1
+    while forward.heap and backward.heap:
+        if forward.heap[0][0] + backward.heap[0][0] >= best:
             break  # every unexplored path is at least as long as the best one found
         # Grow the smaller frontier: keeps the two searches balanced.
-        if len(heap_f) <= len(heap_b):
-            d, u = heappop(heap_f)
-            if u in done_f:
-                continue
-            done_f.add(u)
-            for v, w, _bw in forward[u]:
-                nd = d + w
-                if v not in done_f and nd < dist_f.get(v, inf):
-                    dist_f[v] = nd
-                    prev_f[v] = u
-                    heappush(heap_f, (nd, v))
-                    other = dist_b.get(v)
-                    if other is not None and nd + other < best:
-                        best, meet = nd + other, v
+        if len(forward.heap) <= len(backward.heap):
+            best, meet = forward.settle(backward.dist, best, meet)
         else:
-            d, u = heappop(heap_b)
-            if u in done_b:
-                continue
-            done_b.add(u)
-            for v, w, _bw in backward[u]:
-                nd = d + w
-                if v not in done_b and nd < dist_b.get(v, inf):
-                    dist_b[v] = nd
-                    next_b[v] = u
-                    heappush(heap_b, (nd, v))
-                    other = dist_f.get(v)
-                    if other is not None and nd + other < best:
-                        best, meet = nd + other, v
+            best, meet = backward.settle(forward.dist, best, meet)
     if meet < 0:
         return None
     order = [meet]
     while order[-1] != source:
-        order.append(prev_f[order[-1]])
+        order.append(forward.via[order[-1]])
     order.reverse()
     while order[-1] != target:
-        order.append(next_b[order[-1]])
+        order.append(backward.via[order[-1]])
     return _hops(adj, order)
 
 
