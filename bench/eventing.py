@@ -27,9 +27,9 @@ from eventing import catalogue
 from eventing.broker import LocalBroker
 from eventing.publisher import Publisher
 from eventing.redisstream import encode_stream_event, to_go_binary
-from skylark.threaded_server import ThreadedServer
+from skylark.serving.threaded_server import ThreadedServer
 from eventing.source import StreamSource
-from skylark.embedded import EmbeddedRedis
+from skylark.runtime.embedded import EmbeddedRedis
 
 STREAM = "bench:changes"
 GROUP = "bench"

@@ -48,10 +48,10 @@ from ex_preprocess.app import create_app as preprocess_app
 from ex_preprocess.config import PreprocessSettings
 from ex_preprocess.function import PreprocessFunction
 from ex_preprocess.imaging import PNG_COMPRESS_LEVEL
-from skylark import keys
-from skylark.embedded import EmbeddedRedis, free_port
-from skylark.peers import StaticPeers
-from skylark.settings import Settings
+from skylark.state import keys
+from skylark.runtime.embedded import EmbeddedRedis, free_port
+from skylark.state.peers import StaticPeers
+from skylark.state.settings import Settings
 
 IMAGES = ("astronaut", "chelsea", "coffee", "blank", "large")
 STAGES = ("fetch", "compute", "store")

@@ -44,11 +44,11 @@ from bench.common import print_table, ratio, summarize
 from eventing import catalogue
 from eventing.redisstream import encode_stream_event, to_go_binary
 from eventing.source import StreamSource
-from skylark.changes import ChangeRecord
-from skylark.embedded import EmbeddedRedis, free_port
-from skylark.redis_client import connect
-from skylark.settings import Settings
-from skylark.store import StateStore
+from skylark.state.changes import ChangeRecord
+from skylark.runtime.embedded import EmbeddedRedis, free_port
+from skylark.state.redis_client import connect
+from skylark.state.settings import Settings
+from skylark.state.store import StateStore
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (("1 KiB", 1024), ("64 KiB", 64 * 1024), ("1 MiB", 1024 * 1024), ("5 MiB", 5 * 1024 * 1024))
@@ -105,7 +105,7 @@ class Gunicorn:
         full_env = {**os.environ, "PORT": str(self.port), "SKYLARK_BIND_HOST": "127.0.0.1",
                     "SKYLARK_LOG_LEVEL": "WARNING", **env}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(REPO / "skylark" / "gunicorn_conf.py"), app],
+            [sys.executable, "-m", "gunicorn", "-c", str(REPO / "skylark" / "serving" / "gunicorn_conf.py"), app],
             cwd=REPO, env=full_env, stdout=subprocess.DEVNULL, stderr=self._log)
 
     def cpu_seconds(self) -> float:

@@ -13,9 +13,9 @@ import os
 from rich.console import Console
 
 from bench.common import print_table, ratio, summarize, time_interleaved
-from skylark.embedded import EmbeddedRedis
-from skylark.redis_client import connect
-from skylark.store import StateStore
+from skylark.runtime.embedded import EmbeddedRedis
+from skylark.state.redis_client import connect
+from skylark.state.store import StateStore
 
 MB = 1_000_000
 

@@ -40,7 +40,7 @@ from eventing.broker.triggers import Destination
 from eventing.http import to_binary
 from eventing.publisher import PublishOutcome, Publisher
 from eventing.redisstream import go_json
-from skylark.errors import ConfigError
+from skylark.state.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from eventing import catalogue
 from eventing.http import InvalidEvent, to_binary
-from skylark.changes import ChangeRecord, InvalidChange
+from skylark.state.changes import ChangeRecord, InvalidChange
 
 CONTENT_TYPE = "application/json"
 

@@ -36,7 +36,7 @@ from eventing.background import BackgroundSource
 from eventing.dataplane import is_retryable
 from eventing.publisher import PublishOutcome, Publisher
 from eventing.redisstream import encode_stream_event, flat_array, text_of, to_go_binary
-from skylark import keys
+from skylark.state import keys
 
 log = logging.getLogger(__name__)
 

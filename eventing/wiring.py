@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from eventing import catalogue
-from skylark.errors import ConfigError
+from skylark.state.errors import ConfigError
 
 # Services a Trigger subscriber or a sink may name (the Knative Services the chart renders).
 SERVICE_KEYS = ("handlers", "preprocess", "detect", "alarm", "dead-letter")

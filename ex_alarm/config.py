@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ex_alarm.rule import AlarmRule
-from skylark import keys
-from skylark.errors import ConfigError
-from skylark.settings import Settings, env_float, env_int, env_list
+from skylark.state import keys
+from skylark.state.errors import ConfigError
+from skylark.state.settings import Settings, env_float, env_int, env_list
 
 FUNCTION = "alarm"
 SOURCE_FUNCTION = "detect"  # whose bundle alarm reads

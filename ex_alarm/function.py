@@ -12,10 +12,10 @@ from cloudevents.core.base import BaseCloudEvent
 from eventing import catalogue
 from ex_alarm.config import FUNCTION, SOURCE_FUNCTION, AlarmSettings
 from ex_alarm.rule import InvalidDetections, parse_detections
-from skylark.errors import StoreUnavailable
+from skylark.state.errors import StoreUnavailable
 from skylark.fn import StatefulFunction, Handled, StageTimings, chain_of, data_object
 from skylark.fn import origin_of, result_data, result_event, route_of, size_hint, trace_of, version_of
-from skylark.web import ClientError
+from skylark.serving.web import ClientError
 
 ALARM, NO_ALARM = "alarm", "no_alarm"
 

@@ -7,8 +7,8 @@ from flask import Flask
 from ex_detect.config import DetectSettings
 from ex_detect.function import DetectFunction
 from skylark.fn import make_function_app
-from skylark.logs import configure_logging
-from skylark.peers import PeerDirectory
+from skylark.serving.logs import configure_logging
+from skylark.state.peers import PeerDirectory
 
 
 def create_app(settings: DetectSettings | None = None, peers: PeerDirectory | None = None) -> Flask:

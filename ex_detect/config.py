@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ex_detect.detector import CLASSES, DetectorOptions
-from skylark.errors import ConfigError
-from skylark.settings import Settings, env_float, env_int, env_list
+from skylark.state.errors import ConfigError
+from skylark.state.settings import Settings, env_float, env_int, env_list
 
 FUNCTION = "detect"
 SOURCE_FUNCTION = "preprocess"  # whose bundle detect reads

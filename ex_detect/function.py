@@ -14,10 +14,10 @@ from cloudevents.core.base import BaseCloudEvent
 from eventing import catalogue
 from ex_detect.config import FUNCTION, SOURCE_FUNCTION, DetectSettings
 from ex_detect.detector import Detection, Detector, View
-from skylark.bundle import Bundle
+from skylark.state.bundle import Bundle
 from skylark.fn import StatefulFunction, Handled, StageTimings, chain_of, data_object
 from skylark.fn import origin_of, result_data, result_event, route_of, size_hint, trace_of, version_of
-from skylark.web import ClientError
+from skylark.serving.web import ClientError
 
 
 class InvalidState(ValueError):

@@ -7,8 +7,8 @@ from flask import Flask
 from ex_preprocess.config import PreprocessSettings
 from ex_preprocess.function import PreprocessFunction
 from skylark.fn import make_function_app
-from skylark.logs import configure_logging
-from skylark.peers import PeerDirectory
+from skylark.serving.logs import configure_logging
+from skylark.state.peers import PeerDirectory
 
 
 def create_app(settings: PreprocessSettings | None = None, peers: PeerDirectory | None = None) -> Flask:

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ex_preprocess.imaging import ImageOptions
-from skylark.errors import ConfigError
-from skylark.settings import Settings, env_int, env_list
+from skylark.state.errors import ConfigError
+from skylark.state.settings import Settings, env_int, env_list
 
 FUNCTION = "preprocess"  # the function name under which the state is stored
 ACCEPTED_FORMATS = ("JPEG", "PNG")

@@ -11,10 +11,10 @@ from eventing import catalogue
 from ex_preprocess.config import FUNCTION, PreprocessSettings
 from ex_preprocess.imaging import ImageTooLarge, InvalidImage, normalise
 from ex_preprocess.submission import read_submission
-from skylark.errors import BundleNotFound
+from skylark.state.errors import BundleNotFound
 from skylark.fn import INLINE, StatefulFunction, Handled, StageTimings
 from skylark.fn import result_data, result_event
-from skylark.web import ClientError
+from skylark.serving.web import ClientError
 
 
 class PreprocessFunction(StatefulFunction):

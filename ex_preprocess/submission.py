@@ -26,8 +26,8 @@ from cloudevents.core.base import BaseCloudEvent
 
 from eventing import catalogue
 from skylark.fn import chain_of, data_object, route_of, trace_of
-from skylark.names import NAME_PATTERN, validate_name
-from skylark.web import ClientError
+from skylark.state.names import NAME_PATTERN, validate_name
+from skylark.serving.web import ClientError
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The handlers app: ``create_app(settings=None, *, store=None, targets=None, publisher=None)``.
 
-``skylark serve handlers`` runs it under gunicorn (``skylark/gunicorn_conf.py``). Everything a
+``skylark serve handlers`` runs it under gunicorn (``skylark/serving/gunicorn_conf.py``). Everything a
 request needs lives in one :class:`Services` object per app (``app.extensions``), created here:
 the local store, the target resolver, the publisher, the pooled clients of other nodes' Redis,
 the dedupe marks, the metrics and the publishing thread pool. Nothing is shared between requests
@@ -20,19 +20,19 @@ from flask import Flask
 
 from eventing.publisher import Publisher
 from handlers.config import HandlerSettings
-from skylark.dedupe import Deduper
+from skylark.state.dedupe import Deduper
 from handlers.ingress import EXTENSION, bp as events_bp
 from handlers.metrics import HandlerMetrics
 from handlers.propagate import Propagator
 from handlers.receive import Receiver
 from neighbors_service.targets import TargetResolver, targets_from_neighbors
 from handlers.warmup import Warmer
-from skylark.logs import configure_logging
-from skylark.reader import RemoteStores
-from skylark.redis_client import ClientPool
-from skylark.settings import Settings
-from skylark.store import StateStore
-from skylark.web import health_blueprint, install_error_handlers
+from skylark.serving.logs import configure_logging
+from skylark.state.reader import RemoteStores
+from skylark.state.redis_client import ClientPool
+from skylark.state.settings import Settings
+from skylark.state.store import StateStore
+from skylark.serving.web import health_blueprint, install_error_handlers
 
 
 @dataclass

@@ -32,8 +32,8 @@ from cloudevents.core.v1.event import CloudEvent
 from eventing import catalogue
 from eventing.http import InvalidEvent, new_event
 from handlers import signing
-from skylark.bundle import Bundle, BundleMeta, Tombstone
-from skylark.names import validate_name
+from skylark.state.bundle import Bundle, BundleMeta, Tombstone
+from skylark.state.names import validate_name
 
 INLINE = "inline"
 CLAIM = "claim"

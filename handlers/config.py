@@ -26,8 +26,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from skylark.errors import ConfigError
-from skylark.settings import Settings, env_float, env_int
+from skylark.state.errors import ConfigError
+from skylark.state.settings import Settings, env_float, env_int
 
 _ENVELOPE_ALLOWANCE = 64 * 1024
 

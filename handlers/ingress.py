@@ -17,8 +17,8 @@ from cloudevents.core.base import BaseCloudEvent
 from eventing import catalogue
 from eventing.http import InvalidEvent, parse
 from handlers.metrics import type_label
-from skylark.errors import SkylarkError
-from skylark.web import ClientError
+from skylark.state.errors import SkylarkError
+from skylark.serving.web import ClientError
 
 EXTENSION = "skylark_handlers"
 
@@ -60,7 +60,7 @@ def _handle(event: BaseCloudEvent, route: str):
         raise ClientError(503, code, str(exc)) from None
     except SkylarkError as exc:
         counter.labels(label, exc.code).inc()
-        raise  # skylark.web maps it (400 invalid name / checksum, 413 too large...)
+        raise  # skylark.serving.web maps it (400 invalid name / checksum, 413 too large...)
     body = report.to_dict()
     counter.labels(label, body["outcome"]).inc()
     return jsonify(body), 202

@@ -36,11 +36,11 @@ from handlers.bundle_event import TOMBSTONE, Payload, encode_payload, encode_tom
 from handlers.metrics import HandlerMetrics
 from handlers.rebuild import current_bundle
 from neighbors_service.targets import Target, TargetResolver
-from skylark.bundle import Tombstone
-from skylark.changes import ChangeRecord
-from skylark.errors import BundleNotFound
-from skylark.store import StateStore
-from skylark.web import ClientError
+from skylark.state.bundle import Tombstone
+from skylark.state.changes import ChangeRecord
+from skylark.state.errors import BundleNotFound
+from skylark.state.store import StateStore
+from skylark.serving.web import ClientError
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from skylark.store import redis_errors
-from skylark import keys
-from skylark.bundle import Bundle, BundleMeta, Mechanism
-from skylark.errors import BundleNotFound, StoreUnavailable
-from skylark.store import StateStore
+from skylark.state.store import redis_errors
+from skylark.state import keys
+from skylark.state.bundle import Bundle, BundleMeta, Mechanism
+from skylark.state.errors import BundleNotFound, StoreUnavailable
+from skylark.state.store import StateStore
 
 _SNAPSHOT_ATTEMPTS = 5
 

@@ -28,14 +28,14 @@ from cloudevents.core.base import BaseCloudEvent
 
 from handlers import signing
 from handlers.bundle_event import Claim, decode_propagation
-from skylark.dedupe import Deduper
+from skylark.state.dedupe import Deduper
 from handlers.metrics import HandlerMetrics
 from handlers.rebuild import current_bundle
-from skylark.bundle import ApplyOutcome, Bundle
-from skylark.errors import BundleNotFound, BundleTooLarge, ChecksumMismatch
-from skylark.reader import RemoteStores
-from skylark.store import StateStore
-from skylark.web import ClientError
+from skylark.state.bundle import ApplyOutcome, Bundle
+from skylark.state.errors import BundleNotFound, BundleTooLarge, ChecksumMismatch
+from skylark.state.reader import RemoteStores
+from skylark.state.store import StateStore
+from skylark.serving.web import ClientError
 
 log = logging.getLogger(__name__)
 

@@ -31,14 +31,14 @@ from cloudevents.core.base import BaseCloudEvent
 from eventing.http import InvalidEvent
 from handlers.metrics import HandlerMetrics
 from handlers.rebuild import current_bundle
-from skylark.store import redis_errors
+from skylark.state.store import redis_errors
 from neighbors_service.targets import TargetResolver
-from skylark import keys
-from skylark.bundle import ApplyOutcome, Tombstone
-from skylark.errors import BundleNotFound, BundleTooLarge, ChecksumMismatch, StoreUnavailable
-from skylark.names import NAME_PATTERN, validate_name
-from skylark.reader import RemoteStores
-from skylark.store import StateStore
+from skylark.state import keys
+from skylark.state.bundle import ApplyOutcome, Tombstone
+from skylark.state.errors import BundleNotFound, BundleTooLarge, ChecksumMismatch, StoreUnavailable
+from skylark.state.names import NAME_PATTERN, validate_name
+from skylark.state.reader import RemoteStores
+from skylark.state.store import StateStore
 
 log = logging.getLogger(__name__)
 _MAX_NAMES = 1000  # per list in one ping's data

@@ -25,8 +25,8 @@ from neighbors_service.sources import TopologySource, TopologyUnavailable
 from neighbors_service.sources.file import FileTopologySource, load_topology_file
 from neighbors_service.topologies import EXAMPLES, example_path
 from neighbors_service.topology import Topology, UnknownNode
-from skylark.logs import configure_logging
-from skylark.web import ClientError, health_blueprint, install_error_handlers, json_error
+from skylark.serving.logs import configure_logging
+from skylark.serving.web import ClientError, health_blueprint, install_error_handlers, json_error
 
 EXTENSION = "skylark_neighbors"
 

@@ -7,7 +7,7 @@ errors: :class:`NeighborsUnavailable` when the service cannot answer (after the 
 know, :class:`NeighborsRequestError` (a ``ValueError``) for any other 4xx.
 
 ``CachedTopology`` fetches the topology at most every ``ttl_s`` seconds, for callers that need
-it on every event; it also answers the core ``skylark.peers.PeerDirectory`` interface.
+it on every event; it also answers the core ``skylark.state.peers.PeerDirectory`` interface.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from urllib3.util.retry import Retry
 
 from neighbors_service.policies import SLO, Election
 from neighbors_service.topology import Node, Topology, UnknownNode
-from skylark.errors import DependencyUnavailable, SkylarkError
+from skylark.state.errors import DependencyUnavailable, SkylarkError
 
 
 class NeighborsUnavailable(DependencyUnavailable):
@@ -193,7 +193,7 @@ class CachedTopology:
         with self._lock:
             self._fetched_at = 0.0
 
-    # skylark.peers.PeerDirectory
+    # skylark.state.peers.PeerDirectory
     def redis_url(self, node: str) -> str | None:
         topology = self.get()
         if node not in topology:

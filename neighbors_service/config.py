@@ -32,8 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from neighbors_service.policies import SLO, InvalidElection
-from skylark.errors import ConfigError
-from skylark.settings import Settings, env_float, env_int
+from skylark.state.errors import ConfigError
+from skylark.state.settings import Settings, env_float, env_int
 
 DEFAULT_BROKER_URL_TEMPLATE = "http://broker-ingress.knative-eventing.svc.cluster.local/{namespace}/{broker}"
 SOURCES = ("file", "kubernetes")

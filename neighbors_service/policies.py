@@ -43,7 +43,7 @@ from typing import Any, Protocol, TypeVar
 
 from neighbors_service.paths import Path, ShortestPathTree, shortest_path
 from neighbors_service.topology import Topology
-from skylark.errors import SkylarkError
+from skylark.state.errors import SkylarkError
 
 POLICIES = ("skylark", "random", "stateless")
 

@@ -32,7 +32,7 @@ class TargetResolver(Protocol):
     def targets(self, node: str, function: str, size_bytes: int) -> list[Target]:
         """Nodes that may run a successor of ``function`` and should get its bundle from ``node``.
 
-        Raises :class:`~skylark.errors.SkylarkError` subclasses (e.g. the neighbors service
+        Raises :class:`~skylark.state.errors.SkylarkError` subclasses (e.g. the neighbors service
         being unavailable, a ``ConnectionError``) when no decision can be made.
         """
         ...

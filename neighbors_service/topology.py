@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from skylark.errors import SkylarkError
-from skylark.names import validate_name
+from skylark.state.errors import SkylarkError
+from skylark.state.names import validate_name
 
 NODE_TYPES = ("cloud", "edge", "satellite")
 

@@ -2,11 +2,11 @@
 
 The public API of the core library:
 
-- :class:`skylark.settings.Settings`: configuration from the environment.
-- :class:`skylark.store.StateStore`: single and bundled state on one node's Redis.
-- :class:`skylark.reader.BundleReader`: read a bundle locally, else from its origin node.
-- :mod:`skylark.bundle`: the pure bundle model (metadata, checksums, sizes).
-- :mod:`skylark.errors`: the exceptions every part raises.
+- :class:`skylark.state.settings.Settings`: configuration from the environment.
+- :class:`skylark.state.store.StateStore`: single and bundled state on one node's Redis.
+- :class:`skylark.state.reader.BundleReader`: read a bundle locally, else from its origin node.
+- :mod:`skylark.state.bundle`: the pure bundle model (metadata, checksums, sizes).
+- :mod:`skylark.state.errors`: the exceptions every part raises.
 """
 
 __version__ = "0.1.0"

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from skylark import __version__
-from skylark.errors import SkylarkError
+from skylark.state.errors import SkylarkError
 
 BENCHES = ("storage", "eventing", "propagate", "elect", "functions")
 
@@ -36,7 +36,7 @@ def _pidfile(port: int) -> Path:
 
 
 def cmd_redis(args: argparse.Namespace) -> int:
-    from skylark.embedded import EmbeddedRedis, find_redis_server, free_port, port_is_free
+    from skylark.runtime.embedded import EmbeddedRedis, find_redis_server, free_port, port_is_free
 
     console = Console(stderr=True)
     if args.action == "down":
@@ -84,8 +84,8 @@ def cmd_redis(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace):
-    from skylark.settings import Settings
-    from skylark.store import StateStore
+    from skylark.state.settings import Settings
+    from skylark.state.store import StateStore
 
     settings = Settings.from_env()
     changes = {}
@@ -151,7 +151,7 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from skylark.serve import serve
+    from skylark.runtime.serve import serve
 
     return serve(args.service, args.port)
 
@@ -162,13 +162,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from skylark.cluster import main_up
+    from skylark.runtime.cluster import main_up
 
     return main_up(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from skylark.demo import main_demo
+    from skylark.runtime.demo import main_demo
 
     return main_demo(args)
 

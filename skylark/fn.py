@@ -12,7 +12,7 @@ probes and ``handle(event) -> Handled``. :func:`make_function_app` turns it into
 - ``/healthz`` (the ``alive`` hook), ``/readyz`` (the ``ready`` hook), ``/metrics`` (per-stage timings).
 
 It also holds what every example function shares: :class:`NodeState` (this node's store plus a
-reader that falls back to other nodes' Redis through a :class:`~skylark.peers.PeerDirectory`),
+reader that falls back to other nodes' Redis through a :class:`~skylark.state.peers.PeerDirectory`),
 the timings each stage records (:class:`StageTimings`) and the attributes the result events carry.
 """
 
@@ -32,15 +32,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from eventing import catalogue
 from eventing.http import InvalidEvent, new_event, parse, to_binary
 from eventing.publisher import Delivery, Publisher
-from skylark.dedupe import Deduper
-from skylark.errors import SkylarkError, StoreUnavailable
-from skylark.names import validate_name
-from skylark.peers import PeerDirectory, StaticPeers
-from skylark.reader import BundleRead, BundleReader, RemoteStores
-from skylark.redis_client import ClientPool
-from skylark.settings import Settings
-from skylark.store import StateStore
-from skylark.web import ClientError, health_blueprint, install_error_handlers
+from skylark.state.dedupe import Deduper
+from skylark.state.errors import SkylarkError, StoreUnavailable
+from skylark.state.names import validate_name
+from skylark.state.peers import PeerDirectory, StaticPeers
+from skylark.state.reader import BundleRead, BundleReader, RemoteStores
+from skylark.state.redis_client import ClientPool
+from skylark.state.settings import Settings
+from skylark.state.store import StateStore
+from skylark.serving.web import ClientError, health_blueprint, install_error_handlers
 
 log = logging.getLogger(__name__)
 

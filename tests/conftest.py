@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from skylark.embedded import EmbeddedRedis
-from skylark.settings import Settings
+from skylark.runtime.embedded import EmbeddedRedis
+from skylark.state.settings import Settings
 
 
 @pytest.fixture(scope="session")

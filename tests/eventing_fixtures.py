@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import pytest
 from werkzeug.wrappers import Request, Response
 
-from skylark.embedded import free_port
-from skylark.threaded_server import ThreadedServer
+from skylark.runtime.embedded import free_port
+from skylark.serving.threaded_server import ThreadedServer
 
 # --- What knative-extensions/eventing-redis's adapter POSTs for one entry (binary mode) ------------
 # XADD skylark:changes * chain c1 function preprocess op put mechanism bundled fields "img,meta<1>"

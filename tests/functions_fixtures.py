@@ -24,7 +24,7 @@ from skimage import data as skdata
 
 from eventing import catalogue
 from eventing.http import new_event, parse, to_binary
-from skylark.threaded_server import ThreadedServer
+from skylark.serving.threaded_server import ThreadedServer
 
 # Where the astronaut's (Eileen Collins') face is in skimage.data.astronaut() (512×512), checked
 # by eye on the image: the detections must overlap this box.

@@ -25,12 +25,12 @@ from handlers.config import HandlerSettings
 from neighbors_service.targets import PolicyTargets
 from neighbors_service.policies import SLO
 from neighbors_service.topology import Link, Node, Topology
-from skylark.threaded_server import ThreadedServer
-from skylark.bundle import BundleMeta
-from skylark.embedded import EmbeddedRedis
-from skylark.redis_client import connect
-from skylark.settings import Settings
-from skylark.store import StateStore
+from skylark.serving.threaded_server import ThreadedServer
+from skylark.state.bundle import BundleMeta
+from skylark.runtime.embedded import EmbeddedRedis
+from skylark.state.redis_client import connect
+from skylark.state.settings import Settings
+from skylark.state.store import StateStore
 
 def bundle_trigger(node: str) -> dict:
     """The Trigger the chart renders per node for propagated bundles (``bundle-propagated-<node>``),

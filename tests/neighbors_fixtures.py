@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from werkzeug.wrappers import Request, Response
 
-from skylark.embedded import free_port
-from skylark.threaded_server import ThreadedServer
+from skylark.runtime.embedded import free_port
+from skylark.serving.threaded_server import ThreadedServer
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.02) -> Any:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from chart_fixtures import CHART, REPO
-from skylark.serve import SERVICES
+from skylark.runtime.serve import SERVICES
 
 DOCKERFILES = {
     "handlers/Dockerfile": "handlers",

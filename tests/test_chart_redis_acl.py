@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from chart_fixtures import RELEASE, of_kind, rendered
-from skylark import keys
+from skylark.state import keys
 
 PASSWORD = "s3cret-Passw0rd"
 

@@ -23,8 +23,8 @@ from chart_fixtures import (
 from eventing.catalogue import PING
 from eventing.http import new_event
 from eventing.wiring import handlers_service
-from skylark import keys
-from skylark.settings import Settings
+from skylark.state import keys
+from skylark.state.settings import Settings
 
 FUNCTIONS = ("preprocess", "detect", "alarm")
 ALLOWED_VERBS = {"get", "list", "watch"}

@@ -21,8 +21,8 @@ from eventing.wiring import (
     stream_from_values,
     triggers_from_values,
 )
-from skylark import keys
-from skylark.errors import ConfigError
+from skylark.state import keys
+from skylark.state.errors import ConfigError
 
 PREFIX = f"{RELEASE}-"
 

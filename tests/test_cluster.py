@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from skylark.embedded import free_port_block
+from skylark.runtime.embedded import free_port_block
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -126,7 +126,7 @@ def test_emulated_links_make_remote_reads_cost_the_link_latency(tmp_path):
     assert report["emulated"] is True
     import yaml
 
-    from skylark.cluster import default_topology_path
+    from skylark.runtime.cluster import default_topology_path
 
     links = {frozenset((l["a"], l["b"])): l for l in yaml.safe_load(default_topology_path().read_text())["links"]}
     a, b, c = report["route"]

@@ -11,15 +11,15 @@ import time
 import psutil
 import pytest
 
-from skylark.bundle import checksum_of, field_digest
-from skylark.changes import ChangeRecord, InvalidChange
-from skylark.embedded import EmbeddedRedis, _ephemeral_low, free_port, free_port_block, port_is_free
-from skylark.errors import BundleNotFound, ConfigError, StoreUnavailable
-from skylark.peers import StaticPeers
-from skylark.reader import BundleReader, RemoteStores
-from skylark.redis_client import connect
-from skylark.settings import Settings
-from skylark.store import StateStore
+from skylark.state.bundle import checksum_of, field_digest
+from skylark.state.changes import ChangeRecord, InvalidChange
+from skylark.runtime.embedded import EmbeddedRedis, _ephemeral_low, free_port, free_port_block, port_is_free
+from skylark.state.errors import BundleNotFound, ConfigError, StoreUnavailable
+from skylark.state.peers import StaticPeers
+from skylark.state.reader import BundleReader, RemoteStores
+from skylark.state.redis_client import connect
+from skylark.state.settings import Settings
+from skylark.state.store import StateStore
 
 
 def test_settings_defaults_and_env():
@@ -151,7 +151,7 @@ def test_cli_redis_detach_and_down():
 
 
 def test_acl_user_and_password_apply_to_other_nodes_urls(redis_factory):
-    from skylark.redis_client import ClientPool
+    from skylark.state.redis_client import ClientPool
 
     server = redis_factory(password="admin-pw")
     admin = server.client()
@@ -171,7 +171,7 @@ def test_acl_user_and_password_apply_to_other_nodes_urls(redis_factory):
 def test_reader_ignores_stale_copies_and_waits_for_a_propagated_one(redis_factory):
     import threading
 
-    from skylark.bundle import make_bundle
+    from skylark.state.bundle import make_bundle
 
     a, b = redis_factory(), redis_factory()
     store_a = StateStore(connect(a.url), node="node-a")

@@ -15,7 +15,7 @@ from eventing.broker.app import BrokerConfig, create_app
 from eventing.broker.triggers import DeliverySpec, Destination, Trigger, load_trigger_objects, parse_duration
 from eventing.http import new_event, parse, to_binary, to_structured
 from eventing_fixtures import REAL_BINARY_HEADERS, REAL_BODY, sink_factory  # noqa: F401 - fixture
-from skylark.errors import ConfigError
+from skylark.state.errors import ConfigError
 
 
 def trigger(name: str, attributes: dict, subscriber: str = "sub", *, uri: str | None = None,

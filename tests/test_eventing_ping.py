@@ -12,7 +12,7 @@ from eventing import catalogue, wiring
 from eventing.http import parse
 from eventing.ping import PingSource
 from eventing_fixtures import sink_factory  # noqa: F401 - fixture
-from skylark.errors import ConfigError
+from skylark.state.errors import ConfigError
 
 UTC = dt.timezone.utc
 

@@ -8,7 +8,7 @@ import time
 from eventing.http import new_event, parse
 from eventing.publisher import Delivery, Publisher
 from eventing_fixtures import Received, sink_factory  # noqa: F401 - fixture
-from skylark.embedded import free_port
+from skylark.runtime.embedded import free_port
 
 HEADERS = {"ce-specversion": "1.0", "ce-id": "e-1", "ce-source": "/test", "ce-type": "test.event",
            "content-type": "application/json"}

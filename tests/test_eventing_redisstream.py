@@ -17,7 +17,7 @@ from eventing.redisstream import (
     split_source,
     to_go_binary,
 )
-from skylark.changes import ChangeRecord
+from skylark.state.changes import ChangeRecord
 from eventing_fixtures import (
     REAL_BINARY_HEADERS,
     REAL_BODY,

@@ -13,7 +13,7 @@ from eventing.publisher import Publisher
 from eventing.redisstream import decode_stream_event
 from eventing.source import StreamSource, attempts_key
 from eventing_fixtures import Received, Sink, change_fields, sink_factory  # noqa: F401 - fixture
-from skylark import keys
+from skylark.state import keys
 
 STREAM = keys.DEFAULT_CHANGE_STREAM
 GROUP = "skylark-handlers"

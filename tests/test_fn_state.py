@@ -6,10 +6,10 @@ from neighbors_service.policies import SLO
 from neighbors_service.targets import PolicyTargets
 from neighbors_service.topology import Link, Node, Topology
 from skylark.fn import NodeState
-from skylark.peers import StaticPeers
-from skylark.redis_client import connect
-from skylark.settings import Settings
-from skylark.store import StateStore
+from skylark.state.peers import StaticPeers
+from skylark.state.redis_client import connect
+from skylark.state.settings import Settings
+from skylark.state.store import StateStore
 
 
 def test_waits_only_where_the_bundle_is_pushed(redis_factory):

@@ -38,11 +38,11 @@ from functions_fixtures import (  # noqa: F401 - serve is a fixture
     serve,
     submitted,
 )
-from skylark import keys
+from skylark.state import keys
 from skylark.fn import make_function_app
-from skylark.peers import StaticPeers
-from skylark.settings import Settings
-from skylark.store import StateStore
+from skylark.state.peers import StaticPeers
+from skylark.state.settings import Settings
+from skylark.state.store import StateStore
 
 
 def core(server, node: str = "node-a", **changes) -> Settings:
@@ -397,7 +397,7 @@ def test_default_peers_use_the_neighbors_service_when_configured(node_a):
 
 
 def test_neighbors_service_down_is_503_when_the_origin_must_be_resolved(node_a, redis_client, serve):
-    from skylark.embedded import free_port
+    from skylark.runtime.embedded import free_port
     from skylark.fn import default_peers
 
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there

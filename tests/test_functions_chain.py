@@ -29,10 +29,10 @@ from functions_fixtures import (  # noqa: F401 - serve is a fixture
     serve,
     submitted,
 )
-from skylark import keys
-from skylark.embedded import free_port
-from skylark.serve import gunicorn_argv
-from skylark.settings import Settings
+from skylark.state import keys
+from skylark.runtime.embedded import free_port
+from skylark.runtime.serve import gunicorn_argv
+from skylark.state.settings import Settings
 
 
 def observer_trigger(url: str) -> dict:

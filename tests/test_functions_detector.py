@@ -23,7 +23,7 @@ from ex_detect.detector import (
 )
 from ex_preprocess.imaging import ImageOptions, normalise
 from functions_fixtures import ASTRONAUT_FACE, astronaut, blank, chelsea, encode, noise, overlap
-from skylark.errors import ConfigError
+from skylark.state.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from eventing.http import new_event
 from ex_preprocess.config import PreprocessSettings
 from ex_preprocess.imaging import ImageOptions, ImageTooLarge, InvalidImage, normalise, tile_origins
 from ex_preprocess.submission import StateRef, read_submission
-from skylark.errors import ConfigError
-from skylark.web import ClientError
+from skylark.state.errors import ConfigError
+from skylark.serving.web import ClientError
 from functions_fixtures import astronaut, blank, chelsea, encode, header_only_png, noise
 
 

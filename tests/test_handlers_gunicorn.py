@@ -17,10 +17,10 @@ from neighbors_service.app import create_app as create_neighbors_app
 from neighbors_service.config import NeighborsSettings
 from neighbors_service.policies import SLO
 from neighbors_service.sources.file import FileTopologySource
-from skylark.embedded import free_port
-from skylark.redis_client import connect
-from skylark.settings import Settings
-from skylark.store import StateStore
+from skylark.runtime.embedded import free_port
+from skylark.state.redis_client import connect
+from skylark.state.settings import Settings
+from skylark.state.store import StateStore
 
 from handlers_fixtures import ServerThread, cluster_factory  # noqa: F401 - pytest fixture
 
@@ -58,7 +58,7 @@ def test_gunicorn_serves_propagates_and_stops_on_sigterm(cluster_factory, redis_
            "SKYLARK_WORKERS": "2", "SKYLARK_THREADS": "4", "SKYLARK_GRACEFUL_TIMEOUT": "5",
            "SKYLARK_LOG_LEVEL": "INFO"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(REPO / "skylark" / "gunicorn_conf.py"),
+        [sys.executable, "-m", "gunicorn", "-c", str(REPO / "skylark" / "serving" / "gunicorn_conf.py"),
          "handlers.app:create_app()"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

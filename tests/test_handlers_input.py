@@ -18,9 +18,9 @@ from handlers.bundle_event import encode_payload, encode_tombstone, propagation_
 from handlers.config import HandlerSettings
 from neighbors_service.targets import PolicyTargets
 from neighbors_service.topology import Node, Topology
-from skylark.bundle import Tombstone, make_bundle
-from skylark.settings import Settings
-from skylark.store import StateStore
+from skylark.state.bundle import Tombstone, make_bundle
+from skylark.state.settings import Settings
+from skylark.state.store import StateStore
 
 from handlers_fixtures import ServerThread
 

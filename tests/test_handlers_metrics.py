@@ -17,11 +17,11 @@ from neighbors_service.app import create_app as create_neighbors_app
 from neighbors_service.config import NeighborsSettings
 from neighbors_service.policies import SLO
 from neighbors_service.sources.file import FileTopologySource
-from skylark.changes import ChangeRecord
-from skylark.embedded import free_port
-from skylark.redis_client import connect
-from skylark.settings import Settings
-from skylark.store import StateStore
+from skylark.state.changes import ChangeRecord
+from skylark.runtime.embedded import free_port
+from skylark.state.redis_client import connect
+from skylark.state.settings import Settings
+from skylark.state.store import StateStore
 
 from handlers_fixtures import ServerThread
 
@@ -53,7 +53,7 @@ def test_metrics_of_all_workers_with_prometheus_multiproc_dir(redis_factory, tmp
            "SKYLARK_WORKERS": "3", "SKYLARK_THREADS": "2", "SKYLARK_GRACEFUL_TIMEOUT": "5",
            "SKYLARK_LOG_LEVEL": "WARNING", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(REPO / "skylark" / "gunicorn_conf.py"),
+        [sys.executable, "-m", "gunicorn", "-c", str(REPO / "skylark" / "serving" / "gunicorn_conf.py"),
          "handlers.app:create_app()"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

@@ -12,8 +12,8 @@ import requests
 from eventing.http import to_binary, to_structured
 from eventing.redisstream import encode_stream_event, to_go_binary
 from handlers.bundle_event import encode_payload, encode_tombstone, propagation_event
-from skylark.bundle import Tombstone, make_bundle
-from skylark.errors import BundleNotFound
+from skylark.state.bundle import Tombstone, make_bundle
+from skylark.state.errors import BundleNotFound
 
 from handlers_fixtures import cluster_factory  # noqa: F401 - pytest fixture
 

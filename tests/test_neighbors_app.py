@@ -19,9 +19,9 @@ from neighbors_service.policies import SLO
 from neighbors_service.sources.file import FileTopologySource, load_topology_file
 from neighbors_service.topologies import example_path
 from neighbors_service.topology import UnknownNode
-from skylark.embedded import free_port
-from skylark.errors import ConfigError, SkylarkError
-from skylark.settings import Settings
+from skylark.runtime.embedded import free_port
+from skylark.state.errors import ConfigError, SkylarkError
+from skylark.state.settings import Settings
 from neighbors_fixtures import serve  # noqa: F401 - fixture
 
 # Snapshot 3 of the thesis topology: the cloud pi5u1 hangs off pi4u5 (38 ms, 30 Mbps).

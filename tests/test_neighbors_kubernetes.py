@@ -11,8 +11,8 @@ from neighbors_service.app import create_app
 from neighbors_service.config import NeighborsSettings
 from neighbors_service.sources import TopologyUnavailable
 from neighbors_service.sources.kubernetes import KubernetesTopologySource, build_topology
-from skylark.embedded import free_port
-from skylark.settings import Settings
+from skylark.runtime.embedded import free_port
+from skylark.state.settings import Settings
 from neighbors_fixtures import (  # noqa: F401 - fixtures
     fake_kube,
     k8s_node,

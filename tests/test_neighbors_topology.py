@@ -8,7 +8,7 @@ from neighbors_service.policies import SLO, elect
 from neighbors_service.sources.file import FileTopologySource, load_topology_file
 from neighbors_service.topologies import example_path
 from neighbors_service.topology import Link, Node, Topology, TopologyError, UnknownNode
-from skylark.errors import ConfigError
+from skylark.state.errors import ConfigError
 
 SATELLITES = ["pi5u2", "pi5u3", "pi5u4", "pi4u5", "pi4u6", "pi4u8", "pi4p1"]
 CLOUD_LATENCY = [50, 46, 42, 38, 33, 29, 25]

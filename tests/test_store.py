@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from skylark import keys
-from skylark.bundle import ApplyOutcome, Tombstone, checksum_of, make_bundle, size_of
-from skylark.changes import ChangeRecord
-from skylark.embedded import free_port
-from skylark.errors import (
+from skylark.state import keys
+from skylark.state.bundle import ApplyOutcome, Tombstone, checksum_of, make_bundle, size_of
+from skylark.state.changes import ChangeRecord
+from skylark.runtime.embedded import free_port
+from skylark.state.errors import (
     BundleNotFound,
     BundleTooLarge,
     ChecksumMismatch,
@@ -19,8 +19,8 @@ from skylark.errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from skylark.redis_client import connect
-from skylark.store import StateStore
+from skylark.state.redis_client import connect
+from skylark.state.store import StateStore
 
 
 @pytest.fixture()
@@ -227,7 +227,7 @@ def test_apply_newer_duplicate_stale_conflict(store, redis_client):
 
 def test_apply_rejects_corrupt_content_and_writes_nothing(store, redis_client):
     good = make_bundle("c", "f", {"a": b"1"}, version=1, node="node-b", updated_ms=1)
-    from skylark.bundle import Bundle
+    from skylark.state.bundle import Bundle
 
     corrupt = Bundle(good.meta, {"a": b"2"})
     with pytest.raises(ChecksumMismatch):
@@ -276,7 +276,7 @@ def test_apply_once_key_marks_with_the_outcome_and_a_second_delivery_is_seen(sto
     assert store.apply(v1, once_key="once:e0").outcome is ApplyOutcome.STALE
     assert store.apply(v1, once_key="once:e0").outcome is ApplyOutcome.SEEN
     # content that fails verification leaves no mark: the delivery may be retried
-    from skylark.bundle import Bundle
+    from skylark.state.bundle import Bundle
 
     with pytest.raises(ChecksumMismatch):
         store.apply(Bundle(v2.meta, {"a": b"forged"}), once_key="once:bad")

@@ -34,9 +34,9 @@ from eventing import wiring
 from eventing.broker.dispatcher import BrokerBusy, Dispatcher, validate_services
 from eventing.broker.triggers import Trigger, load_trigger_objects, parse_triggers
 from eventing.http import InvalidEvent, parse
-from skylark.errors import ConfigError
-from skylark.logs import configure_logging
-from skylark.web import ClientError, health_blueprint, install_error_handlers
+from skylark.state.errors import ConfigError
+from skylark.serving.logs import configure_logging
+from skylark.serving.web import ClientError, health_blueprint, install_error_handlers
 
 MAX_EVENT_BYTES = 80 * 1024 * 1024  # a 64 MiB bundle inline, plus its encoding
 EXTENSION_KEY = "skylark_broker"

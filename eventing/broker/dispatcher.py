@@ -34,7 +34,7 @@ from eventing.broker.triggers import Trigger
 from eventing.dataplane import is_retryable, is_success
 from eventing.http import InvalidEvent, parse, to_binary
 from eventing.publisher import PublishOutcome, Publisher
-from skylark.errors import ConfigError
+from skylark.state.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

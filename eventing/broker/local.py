@@ -8,7 +8,7 @@ from typing import Any
 from eventing.broker.app import EXTENSION_KEY, BrokerConfig, create_app
 from eventing.broker.dispatcher import BrokerStats, Dispatcher
 from eventing.broker.triggers import Trigger
-from skylark.threaded_server import ThreadedServer
+from skylark.serving.threaded_server import ThreadedServer
 
 
 class LocalBroker:

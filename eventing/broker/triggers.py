@@ -24,7 +24,7 @@ from urllib.parse import urljoin
 import yaml
 from cloudevents.core.base import BaseCloudEvent
 
-from skylark.errors import ConfigError
+from skylark.state.errors import ConfigError
 
 BACKOFF_POLICIES = ("linear", "exponential")
 DEFAULT_BACKOFF_DELAY_S = 0.2  # Knative leaves it to the dispatcher; we pick the chart's default

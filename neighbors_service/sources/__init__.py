@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from neighbors_service.topology import Topology
-from skylark.errors import SkylarkError
+from skylark.state.errors import SkylarkError
 
 
 class TopologyUnavailable(SkylarkError, ConnectionError):

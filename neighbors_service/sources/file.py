@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from neighbors_service.topology import Link, Node, Topology, TopologyError
-from skylark.errors import ConfigError
+from skylark.state.errors import ConfigError
 
 _KEYS = {"snapshot_interval_s", "epoch_s", "nodes", "links", "snapshots"}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from skylark.errors import ConfigError
+from skylark.state.errors import ConfigError
 
 
 def find_redis_server() -> str:

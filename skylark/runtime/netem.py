@@ -13,7 +13,7 @@ Layout (node i = 1, 2, …; link k = 1, 2, …):
 
 Shaping: ``tc qdisc … netem delay <latency> rate <bandwidth>`` where the kernel has
 ``sch_netem``; where it does not (some VM kernels), bandwidth is shaped with ``htb`` and the
-one-way latency is added by :mod:`skylark.linkrelay` at the receiving node instead. A link's
+one-way latency is added by :mod:`skylark.runtime.linkrelay` at the receiving node instead. A link's
 ``latency_ms`` is one way: a request/response over it costs at least two of them.
 """
 
@@ -26,7 +26,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from skylark.errors import ConfigError
+from skylark.state.errors import ConfigError
 
 NODE_NET = "10.78.0"
 LINK_NET = "10.77"

@@ -8,7 +8,7 @@ stream and its consumer group, the warm-up schedule — is read from the Helm ch
 (:mod:`eventing.wiring`), the same definitions the chart renders its Knative objects from.
 
 Without network emulation everything listens on 127.0.0.1 (free ports); with it each node runs
-in its own network namespace (:mod:`skylark.netem`) and other nodes reach it over shaped links.
+in its own network namespace (:mod:`skylark.runtime.netem`) and other nodes reach it over shaped links.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from rich.console import Console
 from rich.table import Table
 
 from eventing import wiring
-from skylark.embedded import EmbeddedRedis, find_redis_server, free_port, port_is_free
-from skylark.errors import ConfigError
-from skylark.netem import LinkSpec, NetworkEmulation
-from skylark.procs import Child, http_ready, stop_all, wait_ready
-from skylark.serve import gunicorn_argv
+from skylark.runtime.embedded import EmbeddedRedis, find_redis_server, free_port, port_is_free
+from skylark.state.errors import ConfigError
+from skylark.runtime.netem import LinkSpec, NetworkEmulation
+from skylark.runtime.procs import Child, http_ready, stop_all, wait_ready
+from skylark.runtime.serve import gunicorn_argv
 
 GUNICORN_SERVICES = ("handlers", "preprocess", "detect", "alarm", "broker")
 NAMESPACE = "default"
@@ -280,7 +280,7 @@ class LocalCluster:
 
     def _agent(self, node: NodeRuntime, base: dict[str, str], logs: Path) -> Child:
         ping = self.values.get("ping") or {}
-        argv = [sys.executable, "-m", "skylark.agent",
+        argv = [sys.executable, "-m", "skylark.runtime.agent",
                 "--redis", node.redis_url(view="inside"),
                 "--address", node.redis_url(view="peer").rsplit("/", 1)[0],
                 "--stream", self.stream_key, "--group", self.stream_group,
@@ -297,7 +297,7 @@ class LocalCluster:
                      ready=None)
 
     def _relay(self, node: NodeRuntime, base: dict[str, str], logs: Path) -> Child:
-        argv = [sys.executable, "-m", "skylark.linkrelay"]
+        argv = [sys.executable, "-m", "skylark.runtime.linkrelay"]
         for service, public in node.peer_ports.items():
             argv += ["--route", f"{node.peer_host}:{public}=127.0.0.1:{node.ports[service]}"]
         for other in self.nodes.values():

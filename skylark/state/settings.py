@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
-from skylark.errors import ConfigError
-from skylark.keys import DEFAULT_CHANGE_STREAM
-from skylark.names import validate_name
+from skylark.state.errors import ConfigError
+from skylark.state.keys import DEFAULT_CHANGE_STREAM
+from skylark.state.names import validate_name
 
 POLICIES = ("skylark", "random", "stateless")
 REDIS_SCHEMES = ("redis", "rediss", "unix")

@@ -27,7 +27,7 @@ loglevel = os.environ.get("SKYLARK_LOG_LEVEL", "info").lower()
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "skylark.logs.JsonFormatter"}},
+    "formatters": {"json": {"()": "skylark.serving.logs.JsonFormatter"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
     "root": {"level": loglevel.upper(), "handlers": ["stderr"]},
     "loggers": {

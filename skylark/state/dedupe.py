@@ -12,7 +12,7 @@ import hashlib
 
 import redis
 
-from skylark.store import redis_errors
+from skylark.state.store import redis_errors
 
 DEFAULT_TTL_S = 86_400
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from skylark.errors import ChecksumMismatch
-from skylark.names import validate_name
+from skylark.state.errors import ChecksumMismatch
+from skylark.state.names import validate_name
 
 
 def field_digest(value: bytes) -> str:

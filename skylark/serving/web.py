@@ -14,7 +14,7 @@ from flask import Blueprint, Flask, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from werkzeug.exceptions import HTTPException
 
-from skylark.errors import (
+from skylark.state.errors import (
     BundleNotFound,
     BundleTooLarge,
     ChecksumMismatch,

@@ -14,12 +14,12 @@ SERVICES = {
     "preprocess": "ex_preprocess.app:create_app()",
     "detect": "ex_detect.app:create_app()",
     "alarm": "ex_alarm.app:create_app()",
-    "dead-letter": "skylark.deadletter:create_app()",
+    "dead-letter": "skylark.runtime.deadletter:create_app()",
 }
 
 
 def gunicorn_config_path() -> str:
-    return str(files("skylark").joinpath("gunicorn_conf.py"))
+    return str(files("skylark.serving").joinpath("gunicorn_conf.py"))
 
 
 def gunicorn_argv(service: str) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import requests
 
-from skylark.errors import ConfigError
+from skylark.state.errors import ConfigError
 
 
 @dataclass

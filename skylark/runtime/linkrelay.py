@@ -7,7 +7,7 @@ connecting node (known by its source address). Bandwidth is still shaped by the 
 the veth links); only the propagation delay is added here. Data order is kept (a FIFO per
 direction with a constant delay).
 
-    python -m skylark.linkrelay --listen 10.78.0.1:16379 --target 127.0.0.1:6379 \\
+    python -m skylark.runtime.linkrelay --listen 10.78.0.1:16379 --target 127.0.0.1:6379 \\
         --delay 10.78.0.2=10 --delay 10.78.0.3=20
 """
 
@@ -93,7 +93,7 @@ async def serve(routes: list[tuple[tuple[str, int], tuple[str, int]]], delays_ms
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m skylark.linkrelay", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m skylark.runtime.linkrelay", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--route", action="append", required=True,
                         help="LISTEN_HOST:PORT=TARGET_HOST:PORT (repeatable)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from skylark.names import validate_name
+from skylark.state.names import validate_name
 
 # Order of the fields in each entry (and so in the RedisStreamSource's flat array).
 FIELDS = ("chain", "function", "op", "mechanism", "fields", "version", "node", "size", "checksum", "ts")

@@ -1,7 +1,7 @@
 """The exceptions of the state library.
 
 Every error a caller can act on has its own class; all derive from :class:`SkylarkError`, so a
-service can map them to HTTP answers in one place (see ``skylark.web``).
+service can map them to HTTP answers in one place (see ``skylark.serving.web``).
 """
 
 from __future__ import annotations

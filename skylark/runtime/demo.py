@@ -27,9 +27,9 @@ from bench.common import percentile
 from eventing import catalogue
 from eventing.http import new_event
 from eventing.publisher import Publisher
-from skylark.cluster import LocalCluster
-from skylark.keys import DEFAULT_ALARM_STREAM
-from skylark.redis_client import connect
+from skylark.runtime.cluster import LocalCluster
+from skylark.state.keys import DEFAULT_ALARM_STREAM
+from skylark.state.redis_client import connect
 
 SAMPLES = ("astronaut", "camera", "chelsea", "coffee", "rocket")
 STAGES = ("preprocess", "detect", "alarm")
@@ -56,7 +56,7 @@ def sample_images(count: int) -> list[tuple[str, bytes]]:
     out = []
     for i in range(count):
         name = SAMPLES[i % len(SAMPLES)]
-        data = files("skylark").joinpath("samples", f"{name}.jpg").read_bytes()
+        data = files("skylark.runtime").joinpath("samples", f"{name}.jpg").read_bytes()
         if (i // len(SAMPLES)) % 2 == 1:
             image = ImageOps.mirror(Image.open(io.BytesIO(data)))
             buffer = io.BytesIO()

@@ -28,8 +28,8 @@ from importlib.resources import files
 import redis
 from redis.exceptions import WatchError
 
-from skylark import keys
-from skylark.bundle import (
+from skylark.state import keys
+from skylark.state.bundle import (
     ApplyOutcome,
     ApplyResult,
     Bundle,
@@ -40,15 +40,15 @@ from skylark.bundle import (
     field_digest,
     validate_fields,
 )
-from skylark.errors import (
+from skylark.state.errors import (
     BundleNotFound,
     BundleTooLarge,
     StoreUnavailable,
     VersionConflict,
 )
-from skylark.names import validate_name
-from skylark.redis_client import connect
-from skylark.settings import Settings
+from skylark.state.names import validate_name
+from skylark.state.redis_client import connect
+from skylark.state.settings import Settings
 
 # How often a write is retried when another writer changed the same bundle in between.
 MAX_ATTEMPTS = 100
@@ -56,7 +56,7 @@ MAX_ATTEMPTS = 100
 
 @cache
 def _inspect_script() -> str:
-    return files("skylark").joinpath("inspect.lua").read_text()
+    return files("skylark.state").joinpath("inspect.lua").read_text()
 
 
 def _now_ms() -> int:
@@ -313,7 +313,7 @@ class StateStore:
         """Apply a bundle written elsewhere: newer wins, equal is a no-op, older is stale.
 
         With ``verify`` the content is checked against its checksum, size and field count first
-        (:class:`~skylark.errors.ChecksumMismatch`). Applied bundles are not appended to the
+        (:class:`~skylark.state.errors.ChecksumMismatch`). Applied bundles are not appended to the
         change stream: that would propagate them again.
 
         ``once_key`` makes the apply at most once per delivery: when the key exists the outcome

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from skylark.errors import InvalidName
+from skylark.state.errors import InvalidName
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 

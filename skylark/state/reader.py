@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from skylark.bundle import Bundle
-from skylark.errors import BundleNotFound, StoreUnavailable
-from skylark.redis_client import ClientPool
-from skylark.store import StateStore
+from skylark.state.bundle import Bundle
+from skylark.state.errors import BundleNotFound, StoreUnavailable
+from skylark.state.redis_client import ClientPool
+from skylark.state.store import StateStore
 
 LOCAL = "local"
 REMOTE = "remote"

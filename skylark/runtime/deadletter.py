@@ -13,10 +13,10 @@ from flask import Flask, jsonify, request
 from prometheus_client import CollectorRegistry, Counter
 
 from eventing.http import InvalidEvent, parse
-from skylark.logs import configure_logging
-from skylark.web import health_blueprint, install_error_handlers, json_error
+from skylark.serving.logs import configure_logging
+from skylark.serving.web import health_blueprint, install_error_handlers, json_error
 
-log = logging.getLogger("skylark.deadletter")
+log = logging.getLogger("skylark.runtime.deadletter")
 
 
 def create_app(settings=None) -> Flask:

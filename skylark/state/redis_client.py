@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from skylark.settings import validate_redis_url
+from skylark.state.settings import validate_redis_url
 
 
 def connect(url: str, *, username: str | None = None, password: str | None = None, timeout_s: float = 5.0,

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from skylark.errors import ConfigError
-from skylark.settings import validate_redis_url
+from skylark.state.errors import ConfigError
+from skylark.state.settings import validate_redis_url
 
 
 class PeerDirectory(Protocol):

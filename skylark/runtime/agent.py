@@ -3,7 +3,7 @@
 In a cluster these are Knative's RedisStreamSource and PingSource; here one small process per
 node runs their stand-ins from :mod:`eventing` until SIGTERM.
 
-    python -m skylark.agent --redis redis://127.0.0.1:6379/0 --address redis://127.0.0.1:6379 \\
+    python -m skylark.runtime.agent --redis redis://127.0.0.1:6379/0 --address redis://127.0.0.1:6379 \\
         --stream skylark:changes --group skylark-handlers --consumer node-a-source \\
         --sink http://127.0.0.1:8080/ [--ping-schedule '*/1 * * * *' --ping-data '{...}']
 """
@@ -16,12 +16,12 @@ import threading
 
 from eventing.ping import PingSource
 from eventing.source import StreamSource
-from skylark.logs import configure_logging
-from skylark.redis_client import connect
+from skylark.serving.logs import configure_logging
+from skylark.state.redis_client import connect
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m skylark.agent", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m skylark.runtime.agent", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis", required=True, help="the node's Redis URL")
     parser.add_argument("--address", required=True, help="the address events name in their source")
