@@ -10,14 +10,9 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
+from skylark.runtime.stats import percentile
 
-def percentile(samples: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of non-empty ``samples``."""
-    if not samples:
-        raise ValueError("no samples")
-    ordered = sorted(samples)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
+__all__ = ["Summary", "percentile", "print_table", "ratio", "summarize", "time_interleaved", "time_ms"]
 
 
 @dataclass(frozen=True)

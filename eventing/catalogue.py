@@ -3,12 +3,11 @@
 | type | sender → receiver | data |
 | --- | --- | --- |
 | ``dev.knative.sources.redisstream`` | RedisStreamSource → handlers | flat JSON array of strings (a change entry) |
-| ``dev.knative.sources.ping`` | PingSource → handlers (warm-up) / ex_preprocess (input image) | the PingSource's data |
+| ``dev.knative.sources.ping`` | PingSource → handlers (warm-up), or a workflow's first function | the PingSource's data |
 | ``io.skylark.bundle.propagated`` | handlers@A → broker@B → handlers@B | a bundle, inline or as a claim check, or a delete's tombstone |
-| ``io.skylark.image.submitted`` | a client → broker → ex_preprocess | an image (base64) or a state reference |
-| ``io.skylark.preprocess.completed`` | ex_preprocess → broker → ex_detect | chain, node, stored fields, timings |
-| ``io.skylark.detect.completed`` | ex_detect → broker → ex_alarm | chain, node, detections summary, timings |
-| ``io.skylark.alarm.raised`` | ex_alarm → broker (observers) | chain, node, detections, rule, timings |
+
+The events of a workflow (what its functions accept and emit) are the workflow's own: they are
+declared in its file (``skylark.workflow``), not here; the example workflow's are in ``ex_*``.
 
 Extensions follow the CloudEvents naming rule (lowercase a-z0-9, at most 20 characters).
 """
@@ -24,12 +23,6 @@ PING = "dev.knative.sources.ping"
 
 # Ours.
 BUNDLE_PROPAGATED = "io.skylark.bundle.propagated"
-IMAGE_SUBMITTED = "io.skylark.image.submitted"
-PREPROCESS_COMPLETED = "io.skylark.preprocess.completed"
-DETECT_COMPLETED = "io.skylark.detect.completed"
-ALARM_RAISED = "io.skylark.alarm.raised"
-
-SKYLARK_TYPES = (BUNDLE_PROPAGATED, IMAGE_SUBMITTED, PREPROCESS_COMPLETED, DETECT_COMPLETED, ALARM_RAISED)
 
 # Extension attributes.
 EXT_CHAIN = "skylarkchain"

@@ -29,6 +29,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from eventing import catalogue
 from eventing.http import InvalidEvent, to_binary
+from skylark.serving import limits
 from skylark.state.changes import ChangeRecord, InvalidChange
 
 CONTENT_TYPE = "application/json"
@@ -89,9 +90,9 @@ def pairs_from_array(data: Any) -> dict[str, str]:
     if isinstance(data, (bytes, bytearray, str)):
         # Delivered with a non-JSON content type, or parsed by a caller that kept the raw body.
         try:
-            data = json.loads(data)
+            data = limits.loads(data)  # bounded depth: never a RecursionError
         except ValueError as exc:
-            raise InvalidStreamEvent("bad_stream_data", f"event data is not JSON: {exc}") from None
+            raise InvalidStreamEvent("bad_stream_data", f"event data is not acceptable JSON: {exc}") from None
     if not isinstance(data, list):
         kind = "no data" if data is None else f"a JSON {type(data).__name__}"
         raise InvalidStreamEvent("bad_stream_data",

@@ -1,22 +1,17 @@
-"""The alarm function: the chain's detections → a rule → an alarm record (and event) or "no alarm"."""
+"""Example function 3: the chain's detections → the alarm rule → an alarm record and event."""
 
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
-import redis
-from cloudevents.core.base import BaseCloudEvent
+from ex_alarm.rule import AlarmRule, InvalidDetections, parse_detections
+from skylark.sdk import Config, Context, Emit, Function, StateError, check_stream
 
-from eventing import catalogue
-from ex_alarm.config import FUNCTION, SOURCE_FUNCTION, AlarmSettings
-from ex_alarm.rule import InvalidDetections, parse_detections
-from skylark.state.errors import StoreUnavailable
-from skylark.fn import StatefulFunction, Handled, StageTimings, chain_of, data_object
-from skylark.fn import origin_of, result_data, result_event, route_of, size_hint, trace_of, version_of
-from skylark.serving.web import ClientError
-
+DETECT_COMPLETED = "io.skylark.detect.completed"
+ALARM_RAISED = "io.skylark.alarm.raised"
+ALARM_CLEAR = "io.skylark.alarm.clear"    # the rule did not fire: the chain ends all clear
+DEFAULT_ALARM_STREAM = "skylark:alarms"   # every outcome is recorded here, on the alarm's node
 ALARM, NO_ALARM = "alarm", "no_alarm"
 
 
@@ -24,63 +19,38 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-class AlarmFunction(StatefulFunction):
-    name = FUNCTION
-    accepts = (catalogue.DETECT_COMPLETED,)
+def alarm_rule(config: Config) -> AlarmRule:
+    d = AlarmRule()
+    return AlarmRule(classes=frozenset(config.list("classes", sorted(d.classes))),
+                     min_score=config.float("min_score", d.min_score, minimum=0.0, maximum=1.0),
+                     min_count=config.int("min_count", d.min_count, minimum=1))
 
-    settings: AlarmSettings
 
-    def handle(self, event: BaseCloudEvent) -> Handled:
-        data = data_object(event)
-        chain = chain_of(event, data)
-        origin = origin_of(event, data)
-        trace, route = trace_of(data), route_of(data)
-        node, rule = self.settings.core.node, self.settings.rule
+class Alarm(Function):
+    name = "alarm"
+    accepts = (DETECT_COMPLETED,)
 
-        read = self.state.read(chain, SOURCE_FUNCTION, origin, version_of(event), size_hint(data))
+    def start(self, config: Config) -> None:
+        self.rule = alarm_rule(config)
+        self.stream = check_stream(config.str("stream", DEFAULT_ALARM_STREAM))
+        self.stream_maxlen = config.int("stream_maxlen", 10_000, minimum=1)
 
-        start = time.perf_counter()
+    def handle(self, ctx: Context) -> Emit:
+        detected = ctx.input
         try:
-            raw = read.bundle.fields.get("detections")
+            raw = detected.fields.get("detections")
             if raw is None:
                 raise InvalidDetections("the detect bundle has no detections field")
             detections = parse_detections(json.loads(raw))
         except (InvalidDetections, ValueError) as exc:
-            raise ClientError(422, "invalid_state", f"detections of chain {chain!r}: {exc}") from None
-        outcome = rule.evaluate(detections)
-        compute_ms = (time.perf_counter() - start) * 1000
+            raise StateError("invalid_state", f"detections of chain {ctx.chain!r}: {exc}") from None
+        outcome = self.rule.evaluate(detections)
         kind = ALARM if outcome.fired else NO_ALARM
-
-        # This stage's store time is not known before the write: the record leaves it out (the
-        # event and the log carry it).
-        partial = StageTimings(FUNCTION, node, read.location, read.node, read.elapsed_ms, compute_ms, 0.0)
-        entry = {k: v for k, v in partial.trace_entry().items() if k != "store_ms"}
-        record = {
-            "chain": chain, "node": node, "outcome": kind, "reason": outcome.reason,
+        entry_id = ctx.state.append(self.stream, {
+            "chain": ctx.chain, "node": ctx.node, "outcome": kind, "reason": outcome.reason,
             "detections": _json(detections), "matched": _json(list(outcome.matching)),
-            "rule": _json(rule.to_dict()), "source_version": str(read.bundle.version),
-            "event_id": event.get_id(),
-            "timings": _json({k: v for k, v in partial.timings().items() if k != "store_ms"}),
-            "trace": _json([*trace, entry]),
-        }
-        start = time.perf_counter()
-        try:
-            entry_id = self.state.store.client.xadd(
-                self.settings.stream, record, maxlen=self.settings.stream_maxlen, approximate=True)
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"cannot append to {self.settings.stream}: {exc}") from exc
-        store_ms = (time.perf_counter() - start) * 1000
-        entry_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-
-        timings = StageTimings(FUNCTION, node, read.location, read.node, read.elapsed_ms,
-                               compute_ms, store_ms)
-        extra = {"stream_id": entry_id, "matched": len(outcome.matching)}
-        if not outcome.fired:
-            return Handled(None, NO_ALARM, timings, chain, extra)
-        out = result_event(
-            catalogue.ALARM_RAISED, cause=event, chain=chain, timings=timings,
-            data=result_data(chain, timings, trace, route, detections=list(outcome.matching),
-                             rule=rule.to_dict(), reason=outcome.reason, stream=self.settings.stream,
-                             stream_id=entry_id),
-        )
-        return Handled(out, ALARM, timings, chain, extra)
+            "rule": _json(self.rule.to_dict()), "source_version": str(detected.version),
+            "event_id": ctx.event.get_id()}, maxlen=self.stream_maxlen)
+        return ctx.emit(ALARM_RAISED if outcome.fired else ALARM_CLEAR, {
+            "outcome": kind, "detections": list(outcome.matching), "rule": self.rule.to_dict(),
+            "reason": outcome.reason, "stream": self.stream, "stream_id": entry_id})

@@ -1,23 +1,20 @@
-"""The detect function: the chain's preprocessed image → detections stored as chain state."""
+"""Example function 2: the chain's preprocessed image → detections stored as chain state."""
 
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from typing import Any
 
 import cv2
 import numpy as np
-from cloudevents.core.base import BaseCloudEvent
 
-from eventing import catalogue
-from ex_detect.config import FUNCTION, SOURCE_FUNCTION, DetectSettings
-from ex_detect.detector import Detection, Detector, View
+from ex_detect.detector import CLASSES, Detection, Detector, DetectorOptions, View
+from skylark.sdk import Config, Context, Emit, Function, StateError
 from skylark.state.bundle import Bundle
-from skylark.fn import StatefulFunction, Handled, StageTimings, chain_of, data_object
-from skylark.fn import origin_of, result_data, result_event, route_of, size_hint, trace_of, version_of
-from skylark.serving.web import ClientError
+
+PREPROCESS_COMPLETED = "io.skylark.preprocess.completed"
+DETECT_COMPLETED = "io.skylark.detect.completed"
 
 
 class InvalidState(ValueError):
@@ -62,58 +59,42 @@ def summary(detections: list[Detection]) -> dict[str, Any]:
     return {"count": len(detections), "classes": dict(counts), "max_score": best}
 
 
-class DetectFunction(StatefulFunction):
-    name = FUNCTION
-    accepts = (catalogue.PREPROCESS_COMPLETED,)
+def detector_options(config: Config) -> DetectorOptions:
+    d = DetectorOptions()
+    return DetectorOptions(
+        classes=config.list("classes", CLASSES),
+        min_neighbors=config.int("min_neighbors", d.min_neighbors, minimum=1),
+        half_score_neighbors=config.int("half_score_neighbors", d.half_score_neighbors, minimum=1),
+        min_score=config.float("min_score", d.min_score, minimum=0.0, maximum=0.999),
+    )
 
-    settings: DetectSettings
+
+class Detect(Function):
+    name = "detect"
+    accepts = (PREPROCESS_COMPLETED,)
     detector: Detector | None = None
 
-    def start(self) -> None:
-        self.detector = Detector.load(self.settings.detector)  # the models, once per process
-        super().start()
+    def start(self, config: Config) -> None:
+        self.use_tiles = config.bool("tiles", True)  # also run on the tiles of large images
+        self.detector = Detector.load(detector_options(config))  # the models, once per process
 
     def alive(self) -> bool:
-        return self.detector is not None  # the models loaded at start; nothing works without them
+        return self.detector is not None  # nothing works without the models
 
-    def ready(self) -> tuple[bool, dict[str, Any]]:
-        ok, detail = super().ready()
-        return ok and self.detector is not None, {**detail, "models": list(self.detector.classes)}
+    def ready(self) -> bool:
+        return self.detector is not None
 
-    def handle(self, event: BaseCloudEvent) -> Handled:
-        data = data_object(event)
-        chain = chain_of(event, data)
-        origin = origin_of(event, data)
-        trace, route = trace_of(data), route_of(data)
-        node = self.settings.core.node
-
-        read = self.state.read(chain, SOURCE_FUNCTION, origin, version_of(event), size_hint(data))  # 404 when nobody has it
-
-        start = time.perf_counter()
+    def handle(self, ctx: Context) -> Emit:
+        preprocessed = ctx.input
         try:
-            views, info = views_of(read.bundle, self.settings.use_tiles)
+            views, info = views_of(preprocessed, self.use_tiles)
         except InvalidState as exc:
-            raise ClientError(422, "invalid_state", str(exc)) from None
+            raise StateError("invalid_state", str(exc)) from None
         detections = self.detector.detect_views(views)
-        compute_ms = (time.perf_counter() - start) * 1000
-
         stats = summary(detections)
-        record = {
-            "source": {"function": SOURCE_FUNCTION, "version": read.bundle.version, "node": read.bundle.meta.node},
-            "original": info.get("original"), "views": len(views), **stats,
-            "timings": {"fetch_ms": round(read.elapsed_ms, 3), "fetch_location": read.location,
-                        "fetch_node": read.node, "compute_ms": round(compute_ms, 3)},
-        }
-        fields = {
-            "detections": json.dumps([d.to_dict() for d in detections], separators=(",", ":")),
-            "info": json.dumps(record, separators=(",", ":")),
-        }
-        start = time.perf_counter()
-        put = self.state.store.put(chain, FUNCTION, fields, replace=True)
-        store_ms = (time.perf_counter() - start) * 1000
-
-        timings = StageTimings(FUNCTION, node, read.location, read.node, read.elapsed_ms,
-                               compute_ms, store_ms, put.meta.version)
-        out = result_event(catalogue.DETECT_COMPLETED, cause=event, chain=chain, timings=timings,
-                           data=result_data(chain, timings, trace, route, size=put.meta.size, **stats))
-        return Handled(out, "completed", timings, chain, {"detections": stats["count"]})
+        record = {"source": {"function": preprocessed.meta.function, "version": preprocessed.version,
+                             "node": preprocessed.meta.node},
+                  "original": info.get("original"), "views": len(views), **stats}
+        ctx.state.put({"detections": json.dumps([d.to_dict() for d in detections], separators=(",", ":")),
+                       "info": json.dumps(record, separators=(",", ":"))})
+        return ctx.emit(DETECT_COMPLETED, stats)

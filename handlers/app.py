@@ -32,6 +32,7 @@ from skylark.state.reader import RemoteStores
 from skylark.state.redis_client import ClientPool
 from skylark.state.settings import Settings
 from skylark.state.store import StateStore
+from skylark.workflow import Workflow, workflow_from_env
 from skylark.serving.web import health_blueprint, install_error_handlers
 
 
@@ -78,12 +79,17 @@ def _settings(settings: HandlerSettings | Settings | None) -> HandlerSettings:
 
 
 def create_app(settings: HandlerSettings | Settings | None = None, *, store: StateStore | None = None,
-               targets: TargetResolver | None = None, publisher: Publisher | None = None) -> Flask:
-    """The app. Anything not given is built from ``settings`` (the environment when None).
+               targets: TargetResolver | None = None, publisher: Publisher | None = None,
+               workflow: Workflow | None = None) -> Flask:
+    """The app. Anything not given is built from ``settings`` (the environment when None; then the
+    workflow, which says who reads each function's state and where, comes from
+    ``SKYLARK_WORKFLOW`` too).
 
     Given objects (``store``, ``targets``, ``publisher``) stay owned by the caller: closing the
     app closes only what it built.
     """
+    if settings is None and workflow is None:
+        workflow = workflow_from_env()
     config = _settings(settings)
     core = config.core
     configure_logging(core.log_level)
@@ -93,7 +99,7 @@ def create_app(settings: HandlerSettings | Settings | None = None, *, store: Sta
         store = StateStore.from_settings(core)
         closers.append(store.client.close)
     if targets is None:
-        targets, close_targets = targets_from_neighbors(core.neighbors_url, policy=core.policy,
+        targets, close_targets = targets_from_neighbors(core.neighbors_url, policy=core.policy, workflow=workflow,
                                                         ttl_s=config.targets_ttl_s)
         closers.append(close_targets)
     if publisher is None:

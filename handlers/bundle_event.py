@@ -32,8 +32,10 @@ from cloudevents.core.v1.event import CloudEvent
 from eventing import catalogue
 from eventing.http import InvalidEvent, new_event
 from handlers import signing
+from skylark.serving import limits
 from skylark.state.bundle import Bundle, BundleMeta, Tombstone
 from skylark.state.names import validate_name
+from skylark.state.numbers import INT64_MAX
 
 INLINE = "inline"
 CLAIM = "claim"
@@ -199,8 +201,11 @@ def _bad(detail: str) -> InvalidBundleEvent:
 
 
 def _integer(where: str, value: object, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _bad(f"{where} must be an integer >= {minimum}, not {value!r}"[:200])
+    # JSON integers only (not "1", 1.0 or true), and within int64: Python reads 2**64 happily,
+    # but the version would then be stored and announced where no int64 consumer can hold it.
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= INT64_MAX:
+        shown = repr(value) if not isinstance(value, int) or value.bit_length() < 128 else "a huge integer"
+        raise _bad(f"{where} must be an integer in [{minimum}, 2**63-1], not {shown}"[:200])
     return value
 
 
@@ -295,9 +300,9 @@ def decode_propagation(event: BaseCloudEvent) -> Incoming:
     data = event.get_data()
     if isinstance(data, (bytes, bytearray, str)):
         try:
-            data = json.loads(data)
-        except ValueError:
-            raise _bad("event data is not JSON") from None
+            data = limits.loads(data)  # bounded depth: never a RecursionError
+        except ValueError as exc:
+            raise _bad(f"event data is not acceptable JSON: {exc}") from None
     if not isinstance(data, Mapping) or sum(k in data for k in ("meta", "claim", "tombstone")) != 1:
         raise _bad("data must be an object with exactly one of meta + fields (inline), claim or tombstone")
     attributes = event.get_attributes()

@@ -2,8 +2,10 @@
 accept only their own type (for Knative Triggers that point at a sub-path).
 
 Answers: 202 with a JSON report when done; 400 ``{"error", "detail"}`` for anything that is not
-a well-formed event of a known type (Knative does not retry a 400); 401 for a bad signature; 413
-above the size limits; 503 when the local Redis, a neighbour's Redis needed for a claim check, a
+a well-formed event of a known type (Knative does not retry a 400); with a signing key, 401
+``missing_signature`` for an unsigned propagation event and 403 ``invalid_signature`` for one
+whose signature does not match; 413 above the size limits (the request body, checked before it
+is read; the bundle); 503 when the local Redis, a neighbour's Redis needed for a claim check, a
 target broker or the neighbors service is down (Knative retries).
 """
 
@@ -17,8 +19,9 @@ from cloudevents.core.base import BaseCloudEvent
 from eventing import catalogue
 from eventing.http import InvalidEvent, parse
 from handlers.metrics import type_label
+from skylark.serving import limits
+from skylark.serving.web import ClientError, read_body
 from skylark.state.errors import SkylarkError
-from skylark.serving.web import ClientError
 
 EXTENSION = "skylark_handlers"
 
@@ -33,11 +36,23 @@ bp = Blueprint("events", __name__)
 
 
 def _parse_request() -> BaseCloudEvent:
-    body = request.get_data(cache=False)  # MAX_CONTENT_LENGTH applies here (→ 413)
+    body = read_body()  # MAX_CONTENT_LENGTH: 413 before reading, also for chunked bodies
     try:
         return parse(request.headers, body)
     except InvalidEvent as exc:
         raise ClientError(400, exc.code, exc.detail) from None
+
+
+def _check_raw_data(event: BaseCloudEvent) -> None:
+    """Data left undecoded (a non-JSON content type) is still JSON to every handler here, which
+    decode it themselves; bound its nesting first, so that none of them can hit a
+    RecursionError on it (a 500) whatever parser it uses."""
+    data = event.get_data()
+    if isinstance(data, (bytes, bytearray, str)):
+        try:
+            limits.check_depth(bytes(data) if isinstance(data, bytearray) else data)
+        except ValueError as exc:
+            raise InvalidEvent("malformed_data", f"event data: {exc}") from None
 
 
 def _handle(event: BaseCloudEvent, route: str):
@@ -46,6 +61,7 @@ def _handle(event: BaseCloudEvent, route: str):
     counter = services.metrics.events
     label = type_label(event.get_type())
     try:
+        _check_raw_data(event)
         report = handler(event)
     except InvalidEvent as exc:
         counter.labels(label, exc.code).inc()

@@ -6,12 +6,10 @@ multiprocess mode): ``/metrics`` then aggregates every worker's values.
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client import multiprocess
 
 from eventing import catalogue
+from skylark.serving.metrics import exposition_registry
 
 # Seconds; propagation of small bundles takes a millisecond or two, a 5 MiB claim check more.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -57,8 +55,4 @@ class HandlerMetrics:
 
     def exposition_registry(self) -> CollectorRegistry:
         """What ``/metrics`` serves: this app's registry, or all workers' in multiprocess mode."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            merged = CollectorRegistry()
-            multiprocess.MultiProcessCollector(merged)
-            return merged
-        return self.registry
+        return exposition_registry(self.registry)

@@ -120,7 +120,8 @@ class Propagator:
         if payload.mode == TOMBSTONE:
             chosen = self.targets.holders(self.node, change.function)
         else:
-            chosen = self.targets.targets(self.node, change.function, payload.meta.size)
+            chosen = self.targets.targets(self.node, change.function, payload.meta.size, chain=change.chain,
+                                          version=payload.meta.version)
         newer = version > change.version
         if not chosen:
             return PropagationReport("no_targets", change.chain, change.function, change.version,

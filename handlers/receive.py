@@ -4,13 +4,17 @@ A tombstone (a delete on the origin) is applied by the same rule: ``StateStore.a
 drops the local copy when the tombstone is newer and keeps its version.
 
 - The event must be meant for this node (``skylarktarget``, when present) — else 400.
-- With a signing key configured, the HMAC in ``skylarksignature`` must match — else 401.
+- With a signing key configured, the HMAC in ``skylarksignature`` must match: an event without
+  one is refused with 401 ``missing_signature`` (the sender did not authenticate), one whose
+  signature does not match with 403 ``invalid_signature`` (it did, and is not trusted). Nothing is
+  written either way; the check comes before the dedupe mark and any pull.
 - A redelivery of an event already applied (same source + id) is acknowledged without work.
 - A claim check is resolved through the resolver's ``redis_url(origin)`` and read in one round
-  trip (a pooled client per origin). If the origin now holds a *newer* version than claimed,
-  that one is applied (newer wins either way; the answer says ``"newer": true``). If the origin
-  no longer has the state, or has an older version than claimed (its Redis lost data), nothing
-  is applied (``claim_gone``).
+  trip (a pooled client per origin); an origin the topology does not know (yet) is a 404
+  ``origin_unknown`` (retried by Knative, as a 503 would be, without claiming a server fault).
+  If the origin now holds a *newer* version than claimed, that one is applied (newer wins either
+  way; the answer says ``"newer": true``). If the origin no longer has the state, or has an
+  older version than claimed (its Redis lost data), nothing is applied (``claim_gone``).
 - ``StateStore.apply`` verifies the checksum and keeps the newest version: equal is a no-op
   (``duplicate``), older is ``stale`` (counted), same version with other content is a
   ``conflict`` (local copy kept, counted). The dedupe mark is set in the same transaction as
@@ -71,10 +75,15 @@ class Receiver:
         if incoming.target is not None and incoming.target != self.node:
             raise ClientError(400, "wrong_target",
                               f"event is meant for node {incoming.target!r}, this is {self.node!r}")
-        if self.signing_key is not None and not signing.verify(
-                self.signing_key, incoming.signed_message(), incoming.signature):
-            raise ClientError(401, "invalid_signature",
-                              "skylarksignature is missing or does not match the event")
+        if self.signing_key is not None:
+            if not incoming.signature:
+                raise ClientError(401, "missing_signature",
+                                  "this node requires signed propagation events: the skylarksignature "
+                                  "extension is missing")
+            if not signing.verify(self.signing_key, incoming.signed_message(), incoming.signature):
+                raise ClientError(403, "invalid_signature",
+                                  "skylarksignature does not match the event (wrong key, or the event "
+                                  "was changed after signing)")
         context = {"chain": incoming.chain, "function": incoming.function, "event_id": incoming.id,
                    "version": incoming.version, "mode": incoming.mode}
         newer = False
@@ -125,9 +134,11 @@ class Receiver:
             raise BundleTooLarge(claim.size, self.store.max_bundle_bytes)
         origin = self.remote.store_for(claim.node)
         if origin is None:
-            # Most likely a topology that has not caught up with a new node yet: retry later.
-            raise ClientError(503, "origin_unknown",
-                              f"no Redis address known for origin node {claim.node!r}")
+            # Most likely a topology that has not caught up with a new node yet, so the delivery
+            # should be retried; but the node is named by the client, so this is not a failure of
+            # ours (no 5xx): 404, which Knative's delivery retries like a 503.
+            raise ClientError(404, "origin_unknown",
+                              f"no Redis address known for origin node {claim.node!r} (yet)")
         start = time.perf_counter()
         try:
             bundle = current_bundle(origin, claim.chain, claim.function)

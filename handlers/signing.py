@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping, Sequence
+
+# What sign() produces. Anything else is refused before comparing: hmac.compare_digest raises
+# TypeError on non-ASCII text (a header is Latin-1 text, so "ÿ" would have been a 500).
+SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 def canonical(source: str, event_id: str, target: str, parts: Sequence[str]) -> bytes:
@@ -30,6 +35,8 @@ def sign(key: bytes, message: bytes) -> str:
 
 
 def verify(key: bytes, message: bytes, signature: str | None) -> bool:
-    if not signature:
+    """Whether ``signature`` is the HMAC of ``message`` (constant-time; False for no signature or
+    one that is not 64 lowercase hex characters)."""
+    if not isinstance(signature, str) or SIGNATURE.fullmatch(signature) is None:
         return False
-    return hmac.compare_digest(sign(key, message), signature)
+    return hmac.compare_digest(sign(key, message).encode("ascii"), signature.encode("ascii"))

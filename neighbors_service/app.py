@@ -7,6 +7,11 @@
 ``GET /neighbors?node=``, ``GET /redis-pods``, ``GET|PUT /slo``,
 ``GET /elect?from=&to=&size=&policy=``, ``GET /propagation-targets?node=&size=&policy=``,
 ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
+
+Client input is bounded: integer parameters (``size``, ``snapshot``) are ASCII digits within
+int64 (``skylark.state.numbers.parse_int``; "١٢", "²", "1_000", " 12" and 10**30 are 400s), the
+``PUT /slo`` body is at most :data:`MAX_BODY_BYTES` (413, before it is read), must say it is JSON
+(415 otherwise) and is parsed with a nesting limit and without NaN/Infinity (400).
 """
 
 from __future__ import annotations
@@ -25,10 +30,14 @@ from neighbors_service.sources import TopologySource, TopologyUnavailable
 from neighbors_service.sources.file import FileTopologySource, load_topology_file
 from neighbors_service.topologies import EXAMPLES, example_path
 from neighbors_service.topology import Topology, UnknownNode
+from skylark.serving import limits
 from skylark.serving.logs import configure_logging
-from skylark.serving.web import ClientError, health_blueprint, install_error_handlers, json_error
+from skylark.serving.web import ClientError, health_blueprint, install_error_handlers, json_error, read_body
+from skylark.state.numbers import INT64_MAX, parse_int
 
 EXTENSION = "skylark_neighbors"
+# The only body is PUT /slo's two numbers; anything near this size is not an SLO.
+MAX_BODY_BYTES = 64 * 1024
 
 
 class SloState:
@@ -109,11 +118,19 @@ def _param(name: str, default: str | None = None) -> str:
     return value
 
 
+def _int_param(name: str, raw: str, meaning: str) -> int:
+    # ASCII digits within int64: str.isdigit() passes "²" (int() then fails: a 500) and int()
+    # reads "١٢" as 12; a size of 10**30 would be taken as meant.
+    try:
+        return parse_int(raw, name, minimum=0, maximum=INT64_MAX)
+    except ValueError:
+        shown = raw if len(raw) <= 40 else raw[:37] + "..."
+        raise ClientError(400, "invalid_parameter",
+                          f"{name}={shown!r} must be {meaning}: ASCII digits, 0 to 2**63-1") from None
+
+
 def _size() -> int:
-    raw = _param("size")
-    if not raw.isdigit():
-        raise ClientError(400, "invalid_parameter", f"size={raw!r} must be a whole number of bytes >= 0")
-    return int(raw)
+    return _int_param("size", _param("size"), "a whole number of bytes")
 
 
 def _policy() -> str:
@@ -150,10 +167,9 @@ def get_topology():
     else:
         if not isinstance(state.source, FileTopologySource):
             raise ClientError(400, "invalid_parameter", "snapshot= needs a topology file source")
-        if not raw.isdigit():
-            raise ClientError(400, "invalid_parameter", f"snapshot={raw!r} must be a whole number")
+        index = _int_param("snapshot", raw, "a whole number")
         try:
-            topology = state.source.snapshot(int(raw))
+            topology = state.source.snapshot(index)
         except IndexError as exc:
             raise ClientError(404, "unknown_snapshot", str(exc)) from None
     return jsonify({**topology.to_dict(), "source": state.source.status()})
@@ -197,7 +213,17 @@ def get_slo():
 
 @bp.put("/slo")
 def put_slo():
-    body = request.get_json(silent=True)
+    content_type = request.mimetype or ""
+    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
+        raise ClientError(415, "unsupported_media_type",
+                          f"PUT /slo takes application/json, not {content_type[:60]!r}")
+    raw = read_body()  # MAX_BODY_BYTES: 413 before reading, also for chunked bodies
+    try:
+        # Bounded nesting, no NaN/Infinity: request.get_json() would raise RecursionError (a
+        # 500) on 10,000 nested brackets, and take "NaN" as a number.
+        body = limits.loads(raw) if raw else None
+    except ValueError as exc:
+        raise ClientError(400, "invalid_slo", f"body is not acceptable JSON: {exc}") from None
     if not isinstance(body, dict) or not body:
         raise ClientError(400, "invalid_slo",
                           "body must be a JSON object with max_latency (ms) and/or min_bandwidth (Mbps)")
@@ -266,6 +292,7 @@ def create_app(settings: NeighborsSettings | None = None,
     state = State(settings, source)
 
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.extensions[EXTENSION] = state
     install_error_handlers(app)
     _install_domain_errors(app)

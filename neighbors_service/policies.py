@@ -21,6 +21,7 @@ when ``T_mig <= max_latency_ms`` (just met counts).
   included), with a caller-supplied (seeded) ``random.Random``. Ignores the SLO.
 * ``stateless``: always ``to_node`` (the destination, e.g. the cloud). Ignores the SLO;
   ``migration_ms`` is that of the shortest path, or None if there is none.
+* ``pull``: nothing moves: the state stays on ``from_node``, and readers fetch it from there.
 
 :func:`propagation_targets` — the neighbours of ``node`` a freshly written bundle is pushed to
 (the potential execution environments of the successor):
@@ -29,8 +30,11 @@ when ``T_mig <= max_latency_ms`` (just met counts).
   whose single-hop ``T_mig`` for ``size_bytes`` fits ``max_latency_ms``; fastest first (ties by
   name).
 * ``random``: one uniformly random ready neighbour (seeded ``rng``); ``[]`` if there is none.
-* ``stateless``: ``[]``: state stays where it was written and successors read it remotely (the
-  demo's baseline).
+* ``stateless``, ``pull``: ``[]``: no neighbour gets it (``stateless`` sends state to its one
+  store node, which is the workflow's business: ``neighbors_service.placement``).
+
+In the data path (the handlers and the functions, per event) the same walk runs on a cached
+shortest-path tree instead (:func:`fit_on_path`, ``neighbors_service.placement``).
 """
 
 from __future__ import annotations
@@ -44,8 +48,7 @@ from typing import Any, Protocol, TypeVar
 from neighbors_service.paths import Path, ShortestPathTree, shortest_path
 from neighbors_service.topology import Topology
 from skylark.state.errors import SkylarkError
-
-POLICIES = ("skylark", "random", "stateless")
+from skylark.state.settings import POLICIES  # one list of policy names, from the lowest layer
 
 T = TypeVar("T")
 
@@ -63,11 +66,20 @@ class InvalidElection(SkylarkError, ValueError):
 
 
 def _positive(name: str, value: object, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidElection(f"{name} must be a finite number, not {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise InvalidElection(f"{name} must be {'>= 0' if allow_zero else '> 0'}, not {value!r}")
-    return float(value)
+    # A JSON number, not a string or boolean; float() first, because math.isfinite() raises
+    # OverflowError (a 500) on an integer past float range, such as 10**400 in a PUT /slo body.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        shown = value if isinstance(value, str) and len(value) <= 40 else type(value).__name__
+        raise InvalidElection(f"{name} must be a finite number, not {shown!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidElection(f"{name} must be a finite number; this one is out of range") from None
+    if not math.isfinite(number):
+        raise InvalidElection(f"{name} must be a finite number, not {number!r}")
+    if number < 0 or (number == 0 and not allow_zero):
+        raise InvalidElection(f"{name} must be {'>= 0' if allow_zero else '> 0'}, not {number!r}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -203,6 +215,8 @@ def elect(
         return _elect_skylark(topology, from_node, to_node, size_bytes, slo)
     if policy == "random":
         return _elect_random(topology, from_node, size_bytes, rng or random.Random())
+    if policy == "pull":
+        return _stay(from_node, "pull", "nothing moves: readers fetch the state from here")
     return _elect_stateless(topology, from_node, to_node, size_bytes)
 
 
@@ -220,8 +234,27 @@ def _elect_skylark(topology: Topology, from_node: str, to_node: str, size_bytes:
         return _stay(from_node, "skylark",
                      f"{to_node} is unreachable over ready nodes and links >= "
                      f"{slo.min_bandwidth_mbps:g} Mbps; state stays on {from_node}")
+    fit = fit_on_path(path, size_bytes, slo)
     hops = len(path.nodes) - 1
-    # Prefix sums forward once, then walk back from the destination: O(path length).
+    if fit is not None:
+        k, t_mig = fit
+        chosen = adj.names[path.nodes[k]]
+        where = "the destination" if k == hops else f"{hops - k} hop(s) before {to_node}"
+        return Election(chosen, t_mig, _names(topology, path, k), "skylark",
+                        f"{chosen} is {where}; T_mig {t_mig:.3f} ms <= {slo.max_latency_ms:g} ms")
+    nearest = _path_migration_ms(path, 1, size_bytes)
+    return _stay(from_node, "skylark",
+                 f"no node on the path to {to_node} fits {slo.max_latency_ms:g} ms "
+                 f"(nearest: {adj.names[path.nodes[1]]} at {nearest:.3f} ms); state stays")
+
+
+def fit_on_path(path: Path, size_bytes: int, slo: SLO) -> tuple[int, float] | None:
+    """Walking back from the end of ``path``, the first node whose ``T_mig`` from its start
+    fits the SLO: ``(its index on the path, T_mig)``, or None when none does (the state stays).
+
+    Prefix sums forward once, then the walk back: O(path length).
+    """
+    hops = len(path.nodes) - 1
     latency = [0.0] * (hops + 1)
     bottleneck = [math.inf] * (hops + 1)
     for k in range(hops):
@@ -230,14 +263,8 @@ def _elect_skylark(topology: Topology, from_node: str, to_node: str, size_bytes:
     for k in range(hops, 0, -1):
         t_mig = migration_time_ms(latency[k], bottleneck[k], size_bytes)
         if t_mig <= slo.max_latency_ms:
-            chosen = adj.names[path.nodes[k]]
-            where = "the destination" if k == hops else f"{hops - k} hop(s) before {to_node}"
-            return Election(chosen, t_mig, _names(topology, path, k), "skylark",
-                            f"{chosen} is {where}; T_mig {t_mig:.3f} ms <= {slo.max_latency_ms:g} ms")
-    nearest = migration_time_ms(latency[1], bottleneck[1], size_bytes)
-    return _stay(from_node, "skylark",
-                 f"no node on the path to {to_node} fits {slo.max_latency_ms:g} ms "
-                 f"(nearest: {adj.names[path.nodes[1]]} at {nearest:.3f} ms); state stays")
+            return k, t_mig
+    return None
 
 
 def _elect_random(topology: Topology, from_node: str, size_bytes: int,
@@ -280,7 +307,7 @@ def propagation_plan(
     _check_policy(policy)
     _check_size(size_bytes)
     links = topology.links_of(node)
-    if policy == "stateless":
+    if policy in ("stateless", "pull"):
         return []
     if policy == "random":
         ready = [link for link in links if topology.node(link.other(node)).ready]

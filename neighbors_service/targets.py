@@ -1,23 +1,24 @@
-"""Where a bundle goes and where other nodes' Redis are: what the handlers (and the functions,
-to know whether a bundle is coming to them) need from the neighbors service.
+"""Where a bundle goes and where other nodes' Redis are: what the handlers (where to push) and
+the functions (where to read) need from the neighbors service.
 
-Neither calls the neighbors service per event. :class:`PolicyTargets` runs the
-neighbors service's own election code (``neighbors_service.policies``) in-process on a topology
-and SLO snapshot; :func:`targets_from_neighbors` feeds it from the service over HTTP, refreshed
+Neither calls the neighbors service per event. :class:`PolicyTargets` runs the placement
+(``neighbors_service.placement``, the neighbors service's own election code) in-process on a
+topology snapshot; :func:`targets_from_neighbors` feeds it from the service over HTTP, refreshed
 at most every ``ttl_s`` seconds (a stale snapshot is served while the service blinks).
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from neighbors_service.policies import SLO, propagation_targets
+from neighbors_service.placement import Placer, TreeCache
+from neighbors_service.policies import SLO
 from neighbors_service.topology import Topology
+from skylark.workflow import Workflow
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,10 @@ class Target:
 
 
 class TargetResolver(Protocol):
-    def targets(self, node: str, function: str, size_bytes: int) -> list[Target]:
-        """Nodes that may run a successor of ``function`` and should get its bundle from ``node``.
+    def targets(self, node: str, function: str, size_bytes: int, *, chain: str = "",
+                version: int = 0) -> list[Target]:
+        """Nodes that should get ``function``'s new bundle (``chain``, ``version``) from ``node``:
+        where its readers will look for it.
 
         Raises :class:`~skylark.state.errors.SkylarkError` subclasses (e.g. the neighbors service
         being unavailable, a ``ConnectionError``) when no decision can be made.
@@ -51,57 +54,55 @@ class TargetResolver(Protocol):
         ...
 
 
-class _LockedRandom:
-    """``random.Random`` is not safe across request threads; the ``random`` policy needs one."""
-
-    def __init__(self, seed: int | None) -> None:
-        self._lock = threading.Lock()
-        self._rng = random.Random(seed)
-
-    def choice(self, seq):  # noqa: ANN001, ANN201 - random.Random.choice's signature
-        with self._lock:
-            return self._rng.choice(seq)
-
-
 class PolicyTargets:
-    """Targets from a topology snapshot and an SLO with one of the election policies.
+    """The handlers' and the functions' view of placement (``neighbors_service.placement``) over
+    a topology snapshot: per event, no call to the neighbors service.
 
-    ``function`` is accepted for the interface but not used: today every direct neighbour that
-    the policy admits for the bundle's size may host the successor (the thesis's model).
-    Targets without a broker address are left out (nothing could deliver to them).
+    With a ``workflow``, its policy and SLO decide and its readers are the targets' reason; for
+    state the workflow does not declare (or without one) the readers may run on any node, and
+    ``policy`` and ``slo`` (the neighbors service's) decide. Targets without a broker address are
+    left out (nothing could deliver to them).
     """
 
-    def __init__(self, topology: Callable[[], Topology], slo: Callable[[], SLO], *,
-                 policy: str = "skylark", seed: int | None = None) -> None:
+    def __init__(self, topology: Callable[[], Topology], slo: Callable[[], SLO], *, policy: str = "skylark",
+                 workflow: Workflow | None = None) -> None:
         self._topology = topology
         self._slo = slo
-        self.policy = policy
-        self._rng = _LockedRandom(seed)
+        self.workflow = workflow
+        self.policy = workflow.policy if workflow is not None else policy
+        self._trees = TreeCache()
+        self._placer = Placer(workflow, trees=self._trees) if workflow is not None else None
 
     @classmethod
     def fixed(cls, topology: Topology, slo: SLO | None = None, *, policy: str = "skylark",
-              seed: int | None = None) -> "PolicyTargets":
-        """Over an in-process topology that does not change (tests, benchmarks, ``skylark up``)."""
+              workflow: Workflow | None = None) -> "PolicyTargets":
+        """Over an in-process topology that does not change (tests, benchmarks)."""
         slo = slo or SLO()
-        return cls(lambda: topology, lambda: slo, policy=policy, seed=seed)
+        return cls(lambda: topology, lambda: slo, policy=policy, workflow=workflow)
 
-    def targets(self, node: str, function: str, size_bytes: int) -> list[Target]:
-        topology = self._topology()
-        if node not in topology:
-            return []
-        names = propagation_targets(topology, node, size_bytes, self._slo(), self.policy, self._rng)
+    def placer(self) -> Placer:
+        if self._placer is not None:
+            return self._placer
+        return Placer(policy=self.policy, slo=self._slo(), trees=self._trees)
+
+    def _with_brokers(self, topology: Topology, names: list[str]) -> list[Target]:
         found = (topology.node(name) for name in names)
         return [Target(n.name, n.broker_url) for n in found if n.broker_url]
 
-    def holders(self, node: str, function: str) -> list[Target]:
-        # skylark: a smaller bundle fits every link a larger one fits, so the targets of a 0-byte
-        # bundle include every earlier target; random: each push picked any ready neighbour.
-        if self.policy != "random":
-            return self.targets(node, function, 0)
+    def targets(self, node: str, function: str, size_bytes: int, *, chain: str = "", version: int = 0) -> list[Target]:
         topology = self._topology()
-        if node not in topology:
-            return []
-        return [Target(n.name, n.broker_url) for n in topology.neighbors(node) if n.ready and n.broker_url]
+        names = self.placer().targets(topology, node, function, size_bytes, chain=chain, version=version)
+        return self._with_brokers(topology, names)
+
+    def holders(self, node: str, function: str) -> list[Target]:
+        topology = self._topology()
+        return self._with_brokers(topology, self.placer().holders(topology, node, function))
+
+    def location(self, origin: str, reader_node: str, function: str, size_bytes: int, *, chain: str = "",
+                 version: int = 0, reader: str | None = None) -> str:
+        """Where the reader on ``reader_node`` finds the bundle (see ``Placer.location``)."""
+        return self.placer().location(self._topology(), origin, reader_node, function, size_bytes, chain=chain,
+                                      version=version, reader=reader)
 
     def redis_url(self, node: str) -> str | None:
         topology = self._topology()
@@ -112,13 +113,6 @@ class PolicyTargets:
         if node not in topology:
             return []
         return [n.name for n in topology.neighbors(node) if n.ready]
-
-    def may_receive(self, node: str, origin: str, size_bytes: int) -> bool:
-        """Whether the policy may push a bundle of ``size_bytes`` written on ``origin`` to ``node``
-        (for ``random``: whether ``node`` is one of the ready neighbours it picks from)."""
-        if self.policy == "random":
-            return node in self.neighbors(origin)
-        return any(t.node == node for t in self.targets(origin, "", size_bytes))
 
 
 class _Cached:
@@ -145,11 +139,13 @@ class _Cached:
             return self._value
 
 
-def targets_from_neighbors(base_url: str, *, policy: str, ttl_s: float = 5.0,
+def targets_from_neighbors(base_url: str, *, policy: str, workflow: Workflow | None = None, ttl_s: float = 5.0,
                            timeout_s: float = 2.0) -> tuple[PolicyTargets, Callable[[], None]]:
-    """A resolver fed by the neighbors service at ``base_url``, and a function that closes it."""
+    """A resolver fed by the neighbors service at ``base_url`` (topology and, without a workflow,
+    its SLO, refreshed at most every ``ttl_s``), and a function that closes it."""
     from neighbors_service.client import CachedTopology, NeighborsClient  # noqa: PLC0415 - HTTP adapter
 
     client = NeighborsClient(base_url, timeout_s=timeout_s)
-    resolver = PolicyTargets(CachedTopology(client, ttl_s), _Cached(client.slo, ttl_s), policy=policy)
+    resolver = PolicyTargets(CachedTopology(client, ttl_s), _Cached(client.slo, ttl_s), policy=policy,
+                             workflow=workflow)
     return resolver, client.close

@@ -1,11 +1,17 @@
 """The ``skylark`` command line.
 
-    skylark demo                    the whole pipeline on one machine (see README)
-    skylark up --topology FILE      a local cluster from a topology file
-    skylark serve NAME              one service under gunicorn ($PORT)
-    skylark redis up|down           an embedded redis-server
-    skylark state get|put|delete    inspect and write state on a node
-    skylark bench NAME              benchmarks (storage, eventing, propagate, elect, functions)
+    skylark demo                         the example workflow on one machine (see README)
+    skylark up [--workflow FILE]         a local cluster running a workflow (default: the example)
+    skylark run --input FILE             one invocation, and where each stage read its state
+    skylark workflow check FILE          validate a workflow declaration
+    skylark serve function MODULE:FACTORY
+    skylark serve NAME                   a service under gunicorn ($PORT): handlers, broker, ...
+    skylark redis up|down                an embedded redis-server
+    skylark state get|put|delete         inspect and write state on a node
+    skylark bench NAME                   benchmarks (storage, eventing, propagate, elect, functions)
+
+Only ``serve`` is needed in a function image: the other commands' dependencies (rich, the local
+runtime) are imported when they run.
 """
 
 from __future__ import annotations
@@ -21,13 +27,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
 from skylark import __version__
 from skylark.state.errors import SkylarkError
+from skylark.state.settings import POLICIES
 
 BENCHES = ("storage", "eventing", "propagate", "elect", "functions")
+DEMO_MODES = ("skylark", "pull")
 
 
 def _pidfile(port: int) -> Path:
@@ -36,6 +41,8 @@ def _pidfile(port: int) -> Path:
 
 
 def cmd_redis(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from skylark.runtime.embedded import EmbeddedRedis, find_redis_server, free_port, port_is_free
 
     console = Console(stderr=True)
@@ -116,6 +123,9 @@ def _show(value: bytes, limit: int = 60) -> str:
 
 
 def cmd_state(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     store = _store(args)
     out = Console()
     if args.action == "put":
@@ -151,9 +161,9 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from skylark.runtime.serve import serve
+    from skylark.serving.serve import serve
 
-    return serve(args.service, args.port)
+    return serve(args.service, args.port, args.entry)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -171,6 +181,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from skylark.runtime.demo import main_demo
 
     return main_demo(args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from skylark.runtime.run import main_run
+
+    return main_run(args)
+
+
+def cmd_workflow(args: argparse.Namespace) -> int:
+    from skylark.workflow import load_workflow
+
+    workflow = load_workflow(args.file)
+    if args.topology:
+        from neighbors_service.sources.file import load_topology_file
+
+        workflow.check_nodes([n.name for n in load_topology_file(args.topology).current().nodes], args.file)
+    pinned = ", ".join(f"{f.name}@{f.node or 'any'}" for f in workflow.functions)
+    print(f"{args.file}: workflow {workflow.name} is valid: {pinned}; policy {workflow.policy}; "
+          f"starts on {', '.join(workflow.entry_types())}; ends with {', '.join(workflow.terminal_types()) or 'no event'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     state_p.set_defaults(func=cmd_state)
 
     serve_p = sub.add_parser("serve", help="run a service under gunicorn")
-    serve_p.add_argument("service", choices=("handlers", "neighbors", "broker", "preprocess", "detect", "alarm", "dead-letter"))
+    serve_p.add_argument("service", choices=("function", "handlers", "neighbors", "broker", "dead-letter", "observer"))
+    serve_p.add_argument("entry", nargs="?", help="function: MODULE:FACTORY (default $SKYLARK_FUNCTION)")
     serve_p.add_argument("--port", type=int, help="default $PORT or 8080")
     serve_p.set_defaults(func=cmd_serve)
 
@@ -208,11 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_p.add_argument("args", nargs=argparse.REMAINDER, help="options of the benchmark (see --help)")
     bench_p.set_defaults(func=cmd_bench)
 
-    up_p = sub.add_parser("up", help="start a local cluster from a topology file")
+    up_p = sub.add_parser("up", help="start a local cluster running a workflow")
+    up_p.add_argument("--workflow", help="workflow YAML (default: the example, ex_workflows/image-alarm.yaml)")
     up_p.add_argument("--topology", help="topology YAML (default: the 3-node demo topology)")
     up_p.add_argument("--emulate-network", action="store_true",
                       help="one network namespace per node, links shaped with tc netem (root)")
-    up_p.add_argument("--policy", default="skylark", choices=("skylark", "random", "stateless"))
+    up_p.add_argument("--policy", choices=POLICIES, help="override the workflow's policy")
+    up_p.add_argument("--snapshot", type=int, help="use this snapshot of the topology for the whole run (default: "
+                      "the file as it is; snapshots rotate with the clock)")
     up_p.add_argument("--base-port", type=int, help="use consecutive ports from here; pick them below the ephemeral range (Linux: 32768) so outgoing connections cannot take one (default: free ones)")
     up_p.set_defaults(func=cmd_up)
 
@@ -222,8 +256,32 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one network namespace per node, links shaped with tc netem (root)")
     demo_p.add_argument("--topology", help="topology YAML (default: the 3-node demo topology)")
     demo_p.add_argument("--base-port", type=int, help="use consecutive ports from here; pick them below the ephemeral range (Linux: 32768) so outgoing connections cannot take one (default: free ones)")
+    demo_p.add_argument("--policies", default=",".join(DEMO_MODES),
+                        help=f"comma-separated policies to compare (default {','.join(DEMO_MODES)})")
     demo_p.add_argument("--report", help="also write the results as JSON to this file")
     demo_p.set_defaults(func=cmd_demo)
+
+    run_p = sub.add_parser("run", help="submit one invocation of a workflow and show where its time went")
+    run_p.add_argument("--workflow", help="workflow YAML (default: the running cluster's, else the example)")
+    run_p.add_argument("--topology", help="topology YAML when a cluster is started for the run")
+    run_p.add_argument("--input", help="a file sent as the input event's body (content type from its name)")
+    run_p.add_argument("--data", help="JSON data of the input event instead of a file")
+    run_p.add_argument("--type", help="the input event's type (default: the workflow's entry type)")
+    run_p.add_argument("--content-type", help="of --input (default: guessed from the file name)")
+    run_p.add_argument("--chain", help="chain id (default: a new one)")
+    run_p.add_argument("--policy", choices=POLICIES, help="override the workflow's policy (new cluster only)")
+    run_p.add_argument("--snapshot", type=int, help="as for up (new cluster only)")
+    run_p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the end (default 60)")
+    run_p.add_argument("--standalone", action="store_true", help="start a cluster even if one is running")
+    run_p.add_argument("--emulate-network", action="store_true", help="as for up (new cluster only; root)")
+    run_p.add_argument("--json", action="store_true", help="print the result as JSON")
+    run_p.set_defaults(func=cmd_run)
+
+    wf_p = sub.add_parser("workflow", help="validate a workflow declaration")
+    wf_p.add_argument("action", choices=("check",))
+    wf_p.add_argument("file")
+    wf_p.add_argument("--topology", help="also check that its nodes are in this topology")
+    wf_p.set_defaults(func=cmd_workflow)
     return parser
 
 
@@ -232,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SkylarkError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,11 +1,13 @@
 """Helpers for the chart tests: find helm and the CRD schemas, render the chart once per values file,
 and validate rendered objects strictly.
 
-Strict validation:
+Strict validation, once per Knative release line the chart supports (:data:`CRD_LINES`: the seed's
+Knative 1.12 / eventing-redis 1.16 on Kubernetes 1.28, and the current Knative 1.22 / eventing-redis
+1.22 on Kubernetes 1.34, the oldest Kubernetes Knative 1.22 runs on):
 - core kinds (ConfigMap, Secret, Service, DaemonSet, Deployment, RBAC...) with
-  ``kubernetes_validate.validate(obj, K8S_VERSION, strict=True)``;
+  ``kubernetes_validate.validate(obj, <the line's Kubernetes version>, strict=True)``;
 - Knative and eventing-redis kinds with ``jsonschema`` against the openAPIV3Schema of their CRD in
-  ``shared/k8s-crds``, made strict the way the API server prunes: ``additionalProperties: false`` is
+  ``shared/k8s-crds`` (1.12) or ``shared/k8s-crds/current`` (1.22), made strict the way the API server prunes: ``additionalProperties: false`` is
   injected into every schema node that lists ``properties`` and does not set
   ``x-kubernetes-preserve-unknown-fields`` (there the server would keep unknown fields, so we
   cannot reject them from the schema alone — the tests check those subtrees explicitly, e.g. a
@@ -15,7 +17,8 @@ Strict validation:
   ``metadata`` is at most ``{type: object}``, so it is validated as a core ObjectMeta instead.
 
 helm is looked up at ``$SKYLARK_HELM``, ``<repo>/.tools/bin/helm`` (``.ci/install-helm.sh``), then
-PATH; the CRDs at ``$SKYLARK_CRDS_DIR``, else ``<repo>/../shared/k8s-crds``. Missing either is a
+PATH; the CRDs at ``$SKYLARK_CRDS_DIR``, else ``<repo>/../shared/k8s-crds`` (the 1.22 ones in its
+``current/``). Missing either is a
 test FAILURE with instructions, never a skip: CI must run these tests.
 """
 
@@ -41,9 +44,19 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 # None = the chart's defaults only.
 VALUES_CASES: list[Path | None] = [None, *CI_VALUES]
 RELEASE = "skylark"
+CHART_APP_VERSION = str(yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"])
+# The ci values file with a user's own workflow (not the example).
+USER_VALUES = CHART / "ci" / "user-workflow-values.yaml"
 NAMESPACE = "skylark-test"
-# The Kubernetes version the objects are validated against (microk8s 1.28 runs Knative 1.12).
+# The Kubernetes version the objects are validated against by default (microk8s 1.28 runs Knative 1.12).
 K8S_VERSION = "1.28"
+# The Knative release lines the chart is validated against: id -> (CRD folder under shared/k8s-crds,
+# Kubernetes version). Knative 1.22 needs Kubernetes >= 1.34 (knative.dev/pkg's minimum version).
+CRD_LINES: dict[str, tuple[str, str]] = {
+    "knative-1.12": ("", "1.28"),
+    "knative-1.22": ("current", "1.34"),
+}
+DEFAULT_LINE = "knative-1.12"
 
 CRD_FILES = {
     ("serving.knative.dev/v1", "Service"): "serving.knative.dev_services.yaml",
@@ -78,10 +91,11 @@ def find_helm() -> str:
     )
 
 
-def crds_dir() -> Path:
+def crds_dir(line: str = DEFAULT_LINE) -> Path:
     explicit = os.environ.get("SKYLARK_CRDS_DIR")
     path = Path(explicit) if explicit else REPO.parent / "shared" / "k8s-crds"
-    if not path.is_dir():
+    path = path / CRD_LINES[line][0]
+    if not path.is_dir() or not any(path.glob("*.yaml")):
         pytest.fail(
             f"CRD schemas not found at {path}: put a copy of shared/k8s-crds beside the repository "
             "or set SKYLARK_CRDS_DIR",
@@ -103,9 +117,10 @@ def values_args(values_files: Iterable[Path | str | None]) -> list[str]:
 
 
 def helm_template(*values_files: Path | str | None, set_values: Iterable[str] = (), release: str = RELEASE,
-                  namespace: str = NAMESPACE) -> subprocess.CompletedProcess:
+                  namespace: str = NAMESPACE, kube_version: str = K8S_VERSION,
+                  chart: Path = CHART) -> subprocess.CompletedProcess:
     sets = [arg for value in set_values for arg in ("--set", value)]
-    return run_helm("template", release, str(CHART), "--namespace", namespace, "--kube-version", f"{K8S_VERSION}.0",
+    return run_helm("template", release, str(chart), "--namespace", namespace, "--kube-version", f"{kube_version}.0",
                     *values_args(values_files), *sets)
 
 
@@ -141,6 +156,37 @@ def label(obj: dict[str, Any]) -> str:
     return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
 
 
+# -- what the values declare, computed independently of the templates ------------------------------
+
+def expected_image(values: dict[str, Any], image: str, tag: Any = "") -> str:
+    """The image reference the chart renders for an image name (see values.yaml functionDefaults.image)."""
+    tag = str(tag or values["image"]["tag"] or CHART_APP_VERSION)
+    registry = (values["image"]["registry"] or "").rstrip("/")
+    repo = f"{registry}/{image}" if registry and "/" not in image else image
+    if "@" in image or ":" in image.rsplit("/", 1)[-1]:
+        return repo
+    return f"{repo}:{tag}"
+
+
+def expected_functions(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per workflow function: its spec, service key, Knative Service name, node entry (None = any
+    node) and settings (functionDefaults with its deploy laid over them, as Helm -f would)."""
+    from eventing.wiring import function_service, merge_values, workflow_from_values
+
+    nodes = {n["name"]: n for n in values["nodes"]}
+    out = []
+    for fn in workflow_from_values(values).functions:
+        key = function_service(fn.name)
+        out.append({
+            "spec": fn,
+            "key": key,
+            "service": f"{RELEASE}-{key}",
+            "node": nodes[fn.node] if fn.node is not None else None,
+            "settings": merge_values(values["functionDefaults"], dict(fn.deploy)),
+        })
+    return out
+
+
 # -- strict CRD schemas ------------------------------------------------------------------------------
 
 def strict_schema(schema: Any) -> Any:
@@ -161,11 +207,11 @@ def strict_schema(schema: Any) -> Any:
 
 
 @functools.cache
-def crd_validator(api_version: str, kind: str) -> jsonschema.protocols.Validator:
+def crd_validator(api_version: str, kind: str, line: str = DEFAULT_LINE) -> jsonschema.protocols.Validator:
     file = CRD_FILES.get((api_version, kind))
     if file is None:
         raise KeyError(f"no CRD schema known for {api_version} {kind}")
-    crd = yaml.safe_load((crds_dir() / file).read_text())
+    crd = yaml.safe_load((crds_dir(line) / file).read_text())
     version = api_version.split("/")[1]
     served = [v for v in crd["spec"]["versions"] if v["name"] == version and v.get("served")]
     assert served, f"{file} does not serve {version}"
@@ -181,18 +227,18 @@ def crd_validator(api_version: str, kind: str) -> jsonschema.protocols.Validator
     return cls(schema)
 
 
-def crd_errors(obj: dict[str, Any]) -> list[str]:
-    validator = crd_validator(obj["apiVersion"], obj["kind"])
-    errors = [f"{label(obj)}: {e.message} at {'/'.join(map(str, e.absolute_path))}"
+def crd_errors(obj: dict[str, Any], line: str = DEFAULT_LINE) -> list[str]:
+    validator = crd_validator(obj["apiVersion"], obj["kind"], line)
+    errors = [f"{label(obj)} ({line}): {e.message} at {'/'.join(map(str, e.absolute_path))}"
               for e in validator.iter_errors(obj)]
     errors += core_errors({"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj.get("metadata", {})},
-                          what=f"{label(obj)} metadata")
+                          what=f"{label(obj)} metadata", k8s_version=CRD_LINES[line][1])
     return errors
 
 
-def core_errors(obj: dict[str, Any], what: str | None = None) -> list[str]:
+def core_errors(obj: dict[str, Any], what: str | None = None, k8s_version: str = K8S_VERSION) -> list[str]:
     try:
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        kubernetes_validate.validate(obj, k8s_version, strict=True)
     except kubernetes_validate.ValidationError as exc:
         # kubernetes-validate's error is a jsonschema.ValidationError (the first one found).
         where = "/".join(map(str, exc.absolute_path))

@@ -1,4 +1,5 @@
-"""Fixtures and helpers of the example-function tests: sample images, real HTTP servers, events.
+"""Fixtures and helpers of the example-function tests: sample images, real HTTP servers, events,
+and the function apps as the SDK builds them (``skylark.sdk.create_app``).
 
 Images: real photographs shipped in scikit-image's wheel (``skimage.data``: astronaut has a
 face, chelsea is a cat) and synthetic ones (flat gray, noise), encoded with Pillow.
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,9 +25,14 @@ from flask import Flask, Response, request
 from PIL import Image
 from skimage import data as skdata
 
-from eventing import catalogue
 from eventing.http import new_event, parse, to_binary
+from ex_preprocess.function import IMAGE_SUBMITTED
+from skylark.sdk import Config, Context, Function, FunctionSettings, create_app
+from skylark.sdk.envelope import ENVELOPE_KEY, chain_of, located_states, trace_of
+from skylark.sdk.node import NodeState
 from skylark.serving.threaded_server import ThreadedServer
+from skylark.state.peers import PeerDirectory
+from skylark.state.settings import Settings
 
 # Where the astronaut's (Eileen Collins') face is in skimage.data.astronaut() (512×512), checked
 # by eye on the image: the detections must overlap this box.
@@ -63,8 +71,40 @@ def header_only_png(width: int, height: int) -> bytes:
 
 def submitted(chain: str, image: bytes, **data) -> BaseCloudEvent:
     """An ``io.skylark.image.submitted`` event with the image inline (base64)."""
-    return new_event(catalogue.IMAGE_SUBMITTED, "/tests/client",
+    return new_event(IMAGE_SUBMITTED, "/tests/client",
                      {"chain": chain, "image_base64": base64.b64encode(image).decode(), **data})
+
+
+def announcing(type_: str, chain: str | None, function: str, node: str, version: int = 1,
+               data: object = None) -> BaseCloudEvent:
+    """An event that announces ``function``'s state of ``chain`` (version ``version``, written on
+    ``node``) in the Skylark extensions, as a function's result event does."""
+    return new_event(type_, "/tests/client", {} if data is None else data, skylarkchain=chain,
+                     skylarkfunction=function, skylarknode=node, skylarkversion=version)
+
+
+def envelope(event: BaseCloudEvent) -> dict:
+    """Skylark's envelope of a result event (``data["skylark"]``: trace and state map)."""
+    return event.get_data()[ENVELOPE_KEY]
+
+
+def last_stage(event: BaseCloudEvent) -> dict:
+    """The trace entry of the stage that emitted ``event``."""
+    return envelope(event)["trace"][-1]
+
+
+def core(server, node: str = "node-a", **changes) -> Settings:
+    """Core settings of ``node`` whose Redis is ``server`` (an EmbeddedRedis)."""
+    return Settings(node=node, redis_url=server.url, redis_timeout_s=1.0, **changes)
+
+
+def function_app(function: Function | str, settings: Settings, *, peers: PeerDirectory | None = None,
+                 **function_settings) -> Flask:
+    """``create_app`` of ``function`` on a node with ``settings`` (``config={...}``,
+    ``workflow=...``, ``max_request_bytes=...``, ``publisher=...`` pass through)."""
+    publisher = function_settings.pop("publisher", None)
+    return create_app(function, settings=FunctionSettings(core=settings, **function_settings), peers=peers,
+                      publisher=publisher)
 
 
 def overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
@@ -74,6 +114,29 @@ def overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float
     w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
     h = max(0, min(ay + ah, by + bh) - max(ay, by))
     return w * h / min(aw * ah, bw * bh)
+
+
+def context(event: BaseCloudEvent, function: Function, node_state: NodeState | None = None) -> Context:
+    """The :class:`~skylark.sdk.Context` the SDK gives ``function.handle`` for ``event`` (no
+    workflow), after reading the chain, the envelope and where the input state is; the 400s of
+    that reading are raised here. ``node_state`` is needed only to read state."""
+    data = event.get_data()
+    trace_of(data)
+    return Context(event=event, chain=chain_of(event, data), function=function.name, config=Config(),
+                   node_state=node_state, reads=None, emits=tuple(function.emits),
+                   located=located_states(event, data), logger=logging.getLogger("tests.functions"))
+
+
+@contextmanager
+def started(function: Function, env: Mapping[str, str]) -> Iterator[Function]:
+    """``function`` as the SDK starts it in a process whose environment is ``env`` (its config
+    from ``SKYLARK_<NAME>_<KEY>``); stopped at the end. A config the function refuses raises
+    :class:`~skylark.state.errors.ConfigError` here."""
+    app = create_app(function, settings=FunctionSettings.from_env(env))
+    try:
+        yield function
+    finally:
+        app.extensions["skylark.function"].stop()
 
 
 class Server(ThreadedServer):
@@ -108,6 +171,13 @@ def serve() -> Iterator[Callable[[Flask], Server]]:
 def post_event(url: str, event: BaseCloudEvent, timeout: float = 30.0) -> requests.Response:
     headers, body = to_binary(event)
     return requests.post(url, data=body, headers=headers, timeout=timeout)
+
+
+def assert_json_error(response: requests.Response, status: int, code: str) -> None:
+    """The answer is ``status`` with the services' JSON error shape, naming ``code``."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code and body["detail"], body
 
 
 def reply_event(response: requests.Response) -> BaseCloudEvent:

@@ -147,7 +147,7 @@ def start_cluster(names: Sequence[str], links: Sequence[tuple[str, str]], *,
             settings = HandlerSettings(core=core, signing_key=signing_key, publish_retries=1)
             store = StateStore.from_settings(core)
             cluster.closers.append(store.client.close)
-            targets = PolicyTargets(holder, lambda: slo, policy=policy, seed=1)
+            targets = PolicyTargets(holder, lambda: slo, policy=policy)
             app = create_app(settings, targets=targets)
             cluster.closers.append(services_of(app).close)
             server = ServerThread(app)

@@ -1,9 +1,11 @@
 """What the rendered objects mean: references resolve, the streams are the library's, ports, probes,
-settings and RBAC are what the services and the cluster need."""
+settings and RBAC are what the services and the cluster need, and the workflow's functions get the
+Knative Services and Triggers their declaration asks for."""
 
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -12,21 +14,23 @@ import pytest
 from chart_fixtures import (
     NAMESPACE,
     RELEASE,
+    USER_VALUES,
     VALUES_CASES,
     case_id,
+    expected_functions,
+    expected_image,
     knative_services,
     label,
     merged_values,
     of_kind,
     rendered,
 )
-from eventing.catalogue import PING
+from eventing.catalogue import BUNDLE_PROPAGATED, PING
 from eventing.http import new_event
-from eventing.wiring import handlers_service
+from eventing.wiring import handlers_service, warmup_data, workflow_from_values
 from skylark.state import keys
 from skylark.state.settings import Settings
-
-FUNCTIONS = ("preprocess", "detect", "alarm")
+from skylark.workflow import Workflow, parse_workflow, workflow_from_env
 ALLOWED_VERBS = {"get", "list", "watch"}
 ALLOWED_RESOURCES = {"nodes", "pods"}
 
@@ -77,24 +81,32 @@ def _handlers_name(node: str) -> str:
 
 
 def test_the_workflow_is_wired(case):
-    """The required routes exist: propagation to each node's own handlers (by skylarktarget) and
-    preprocess -> detect -> alarm."""
+    """The required routes exist: propagation to each node's own handlers (by skylarktarget), and
+    every event type a function accepts to that function, through exactly one Trigger each, named
+    <slug>, <slug>-2, ... in the order of its accepts."""
     values, objects = case
     triggers = of_kind(objects, "Trigger")
     propagation = {
         t["spec"]["filter"]["attributes"].get("skylarktarget"): t["spec"]["subscriber"]
-        for t in triggers if t["spec"]["filter"]["attributes"]["type"] == "io.skylark.bundle.propagated"
+        for t in triggers if t["spec"]["filter"]["attributes"]["type"] == BUNDLE_PROPAGATED
     }
     assert set(propagation) == {n["name"] for n in values["nodes"]}, "one propagation Trigger per node"
     for node, subscriber in propagation.items():
         assert subscriber["ref"]["name"] == _handlers_name(node)
-    routes = {
-        t["spec"]["filter"]["attributes"]["type"]: t["spec"]["subscriber"]["ref"]["name"]
-        for t in triggers if t["spec"]["filter"]["attributes"]["type"] != "io.skylark.bundle.propagated"
-    }
-    assert routes["io.skylark.image.submitted"] == f"{RELEASE}-preprocess"
-    assert routes["io.skylark.preprocess.completed"] == f"{RELEASE}-detect"
-    assert routes["io.skylark.detect.completed"] == f"{RELEASE}-alarm"
+    by_name = {t["metadata"]["name"]: t for t in triggers}
+    function_triggers = [t for t in triggers if t["metadata"]["labels"].get("skylark.io/function")]
+    functions = expected_functions(values)
+    assert len(function_triggers) == sum(len(fn["spec"].accepts) for fn in functions)
+    for fn in functions:
+        for k, event_type in enumerate(fn["spec"].accepts):
+            name = fn["service"] if k == 0 else f"{fn['service']}-{k + 1}"
+            trigger = by_name[name]
+            assert trigger["spec"]["filter"] == {"attributes": {"type": event_type}}, name
+            assert trigger["spec"]["subscriber"] == {
+                "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": fn["service"]}}, name
+            assert trigger["metadata"]["labels"]["skylark.io/function"] == fn["key"]
+        consumers = [t for t in function_triggers if t["spec"]["subscriber"]["ref"]["name"] == fn["service"]]
+        assert len(consumers) == len(fn["spec"].accepts), f"{fn['service']}: one Trigger per accepted type"
 
 
 def test_one_stream_source_per_node_reading_that_nodes_redis(case):
@@ -176,11 +188,18 @@ def test_secret_holds_the_keys_the_services_read(case):
         assert len(base64.b64decode(value)) >= 32
 
 
+def test_the_knative_services_are_the_handlers_the_functions_and_the_dead_letter_sink(case):
+    values, objects = case
+    ksvcs = {o["metadata"]["name"] for o in knative_services(objects)}
+    expected = {fn["service"] for fn in expected_functions(values)} | {_handlers_name(n["name"]) for n in values["nodes"]}
+    if values["deadLetter"]["enabled"]:
+        expected.add(f"{RELEASE}-dead-letter")
+    assert ksvcs == expected
+
+
 def test_every_knative_service_exposes_one_port_and_the_knative_contract(case):
     values, objects = case
     ksvcs = {o["metadata"]["name"]: o for o in knative_services(objects)}
-    expected = {f"{RELEASE}-{key}" for key in FUNCTIONS} | {_handlers_name(n["name"]) for n in values["nodes"]}
-    assert expected <= set(ksvcs)
     for name, ksvc in ksvcs.items():
         [container] = ksvc["spec"]["template"]["spec"]["containers"]
         assert len(container["ports"]) == 1, f"{name}: Knative allows exactly one port"
@@ -199,10 +218,9 @@ def test_skylark_services_probe_health_and_get_settings(case):
     broker_url = (
         f"http://broker-ingress.knative-eventing.svc.cluster.local/{NAMESPACE}/{values['eventing']['brokerName']}"
     )
-    services = [(key, f"{RELEASE}-{key}", None) for key in FUNCTIONS]
-    services += [("handlers", _handlers_name(n["name"]), n) for n in values["nodes"]]
-    for key, name, node in services:
-        svc_values = values["services"][key]
+    services = [(fn["key"], fn["service"], fn["node"], fn["settings"]) for fn in expected_functions(values)]
+    services += [("handlers", _handlers_name(n["name"]), n, values["services"]["handlers"]) for n in values["nodes"]]
+    for key, name, node, svc_values in services:
         ksvc = ksvcs[name]
         template = ksvc["spec"]["template"]
         [container] = template["spec"]["containers"]
@@ -224,13 +242,19 @@ def test_skylark_services_probe_health_and_get_settings(case):
         assert annotations["autoscaling.knative.dev/min-scale"] == str(svc_values["minScale"])
         assert annotations["autoscaling.knative.dev/max-scale"] == str(svc_values["maxScale"])
         image = container["image"]
-        assert image.startswith(values["image"]["registry"] + "/") and image.rsplit(":", 1)[1]
+        assert image == expected_image(values, svc_values["image"], svc_values.get("tag"))
+        assert image.rsplit(":", 1)[1], "always a tag"
+        if "/" not in svc_values["image"]:
+            assert image.startswith(values["image"]["registry"] + "/"), "Skylark's images come from image.registry"
         for placement in ("affinity", "tolerations"):
             assert template["spec"].get(placement) == (svc_values[placement] or None), (key, placement)
         node_selector = dict(svc_values["nodeSelector"])
         if node is not None:
-            # Pinned to its node (the handlers own that node's Redis).
+            # Pinned to its node (the handlers own that node's Redis; a function named it).
             node_selector["kubernetes.io/hostname"] = node.get("hostname", node["name"])
+            assert ksvc["metadata"]["annotations"]["skylark.io/node"] == node["name"]
+        else:
+            assert "skylark.io/node" not in ksvc["metadata"].get("annotations", {})
         assert template["spec"].get("nodeSelector") == (node_selector or None), (name, "nodeSelector")
         visibility = ksvc["metadata"]["labels"].get("networking.knative.dev/visibility")
         assert visibility == (values["knative"]["visibility"] or None)
@@ -250,7 +274,8 @@ def test_the_configmap_is_what_core_settings_accept(case):
     assert redis_url.username == (values["auth"]["username"] if values["auth"]["enabled"] else None)
     assert redis_url.password is None, "the password comes from the Secret, never the ConfigMap"
     assert settings.change_stream == keys.DEFAULT_CHANGE_STREAM
-    assert settings.policy == values["config"]["policy"]
+    # config.policy overrides the workflow's own policy.
+    assert settings.policy == (values["config"]["policy"] or values["workflow"]["spec"].get("policy", "skylark"))
     assert settings.neighbors_url == f"http://{RELEASE}-neighbors.{NAMESPACE}.svc.cluster.local"
     for key, value in values["config"]["extra"].items():
         assert config[key] == str(value)
@@ -316,7 +341,8 @@ def test_pingsource_warms_up_the_handlers(case):
     assert sinks == {n["name"]: _handlers_name(n["name"]) for n in values["nodes"]}
     for ping in pings:
         assert ping["spec"]["schedule"] == values["ping"]["schedule"]
-        assert ping["spec"]["data"] == values["ping"]["data"]
+        # Empty ping.data: the state some function reads (eventing.wiring.warmup_data).
+        assert ping["spec"]["data"] == (values["ping"]["data"] or warmup_data(workflow_from_values(values)))
 
 
 def _configmap(objects) -> dict[str, str]:
@@ -329,6 +355,20 @@ def test_ci_values_cover_one_and_many_nodes_and_both_auth_modes():
     assert {bool(v["auth"]["enabled"]) for v in cases} == {True, False}
 
 
+def test_ci_values_cover_a_users_own_workflow():
+    """Besides the example (in several placements), a workflow that is not it: its own functions
+    and images, pinned and unpinned functions, one accepting several event types."""
+    assert USER_VALUES in VALUES_CASES
+    example = {fn["spec"].entry for fn in expected_functions(merged_values(None))}
+    functions = expected_functions(merged_values(USER_VALUES))
+    assert not example & {fn["spec"].entry for fn in functions}
+    assert any(fn["node"] is None for fn in functions) and any(fn["node"] for fn in functions)
+    assert any(len(fn["spec"].accepts) > 1 for fn in functions)
+    assert any("/" in fn["settings"]["image"] for fn in functions), "an image outside image.registry"
+    placements = [fn["node"] is None for p in VALUES_CASES for fn in expected_functions(merged_values(p))]
+    assert True in placements and False in placements
+
+
 def test_ping_data_is_a_warmup_the_handlers_accept(case):
     """The PingSource's data goes to the handlers' warm-up parser unchanged (bytes, as Knative
     sends it): it must be a request they accept, not a 400 every minute."""
@@ -339,3 +379,117 @@ def test_ping_data_is_a_warmup_the_handlers_accept(case):
         event = new_event(PING, ping["metadata"]["name"], ping["spec"]["data"].encode())
         request = parse_warmup(event)
         assert request.chains or request.functions
+
+
+# -- the workflow's functions ----------------------------------------------------------------------------
+
+def test_function_services_follow_the_declaration(case):
+    """Each function's Knative Service: its image, entry point and name, node, and the Knative
+    settings of functionDefaults with its deploy laid over them."""
+    values, objects = case
+    ksvcs = {o["metadata"]["name"]: o for o in knative_services(objects)}
+    for fn in expected_functions(values):
+        spec, settings, node = fn["spec"], fn["settings"], fn["node"]
+        ksvc = ksvcs[fn["service"]]
+        assert ksvc["metadata"]["labels"]["app.kubernetes.io/component"] == "function"
+        assert ksvc["metadata"]["labels"]["skylark.io/function"] == fn["key"]
+        assert ksvc["metadata"]["annotations"]["skylark.io/function"] == spec.name
+        template = ksvc["spec"]["template"]
+        assert template["metadata"]["labels"]["skylark.io/function"] == fn["key"]
+        pod = template["spec"]
+        [container] = pod["containers"]
+        assert container["name"] == fn["key"]
+        assert container["image"] == expected_image(values, settings["image"], settings.get("tag"))
+        env = {e["name"]: e for e in container["env"]}
+        assert env["SKYLARK_FUNCTION"]["value"] == spec.entry
+        assert env["SKYLARK_FUNCTION_NAME"]["value"] == spec.name
+        for key, value in (settings.get("env") or {}).items():
+            assert env[key]["value"] == str(value), (fn["service"], key)
+        if node is not None:
+            assert env["SKYLARK_NODE"] == {"name": "SKYLARK_NODE", "value": node["name"]}
+            assert pod["nodeSelector"]["kubernetes.io/hostname"] == node.get("hostname", node["name"])
+        else:
+            assert "kubernetes.io/hostname" not in (pod.get("nodeSelector") or {}), "any node"
+        annotations = template["metadata"]["annotations"]
+        assert annotations["autoscaling.knative.dev/min-scale"] == str(settings["minScale"])
+        assert annotations["autoscaling.knative.dev/max-scale"] == str(settings["maxScale"])
+        assert annotations.get("autoscaling.knative.dev/target") == (str(settings["target"]) if settings["target"] else None)
+        retention = annotations.get("autoscaling.knative.dev/scale-to-zero-pod-retention-period")
+        assert retention == (settings["scaleToZeroRetention"] or None)
+        assert pod["containerConcurrency"] == settings["containerConcurrency"]
+        assert pod["timeoutSeconds"] == settings["timeoutSeconds"]
+        assert container["resources"] == settings["resources"]
+
+
+def test_the_configmap_carries_the_workflow(case):
+    """SKYLARK_WORKFLOW is the values' declaration as compact JSON: what every Skylark process
+    reads (skylark.workflow.workflow_from_env) is the workflow the chart deployed."""
+    values, objects = case
+    raw = _configmap(objects)["SKYLARK_WORKFLOW"]
+    assert raw.startswith("{") and "\n" not in raw
+    declared = Workflow.from_document(values["workflow"])
+    assert parse_workflow(raw, "$SKYLARK_WORKFLOW") == declared
+    assert workflow_from_env({"SKYLARK_WORKFLOW": raw}) == declared
+    assert json.loads(raw) == json.loads(json.dumps(values["workflow"])), "the declaration itself, not a digest"
+
+
+def test_the_functions_are_those_of_the_declaration_and_nothing_else(case):
+    values, objects = case
+    functions = {fn["service"] for fn in expected_functions(values)}
+    rendered_functions = {o["metadata"]["name"] for o in knative_services(objects)
+                          if o["metadata"]["labels"]["app.kubernetes.io/component"] == "function"}
+    assert rendered_functions == functions
+    subscribers = {t["spec"]["subscriber"]["ref"]["name"] for t in of_kind(objects, "Trigger")
+                   if t["metadata"]["labels"].get("skylark.io/function")}
+    assert subscribers == functions, "every function is reachable, and only through its own Triggers"
+
+
+def test_the_users_workflow_renders_as_declared():
+    """The user's workflow (ci/user-workflow-values.yaml), spelled out: no example function is left,
+    images come from the user's registry, ingest takes two event types."""
+    objects = rendered(USER_VALUES)
+    ksvcs = {o["metadata"]["name"]: o for o in knative_services(objects)}
+    assert not {f"{RELEASE}-preprocess", f"{RELEASE}-detect", f"{RELEASE}-alarm"} & set(ksvcs)
+
+    def container(name):
+        return ksvcs[name]["spec"]["template"]["spec"]["containers"][0]
+
+    def env(name):
+        return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(name)["env"]}
+
+    assert container("skylark-ingest")["image"] == "registry.example/acme/ingest:1.4.2"
+    assert container("skylark-score-v2")["image"] == "registry.example/acme/scorer:2.0.1"
+    assert container("skylark-notify")["image"] == "docker.io/skylark/skylark-function:0.1.0"
+    assert env("skylark-score-v2")["SKYLARK_FUNCTION"] == "acme_scoring.score:make_scorer"
+    assert env("skylark-score-v2")["SKYLARK_FUNCTION_NAME"] == "Score_v2"
+    assert env("skylark-score-v2")["SKYLARK_NODE"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env("skylark-score-v2")["OMP_NUM_THREADS"] == "2"
+    assert env("skylark-ingest")["SKYLARK_NODE"] == "pi5u2"
+    assert env("skylark-ingest")["ACME_LOG_FORMAT"] == "json"
+    pods = {name: ksvc["spec"]["template"]["spec"] for name, ksvc in ksvcs.items()}
+    assert pods["skylark-ingest"]["nodeSelector"] == {"kubernetes.io/hostname": "pi5u2"}
+    assert pods["skylark-ingest"]["containerConcurrency"] == 20
+    assert pods["skylark-score-v2"]["nodeSelector"] == {"skylark.io/node-type": "satellite"}
+    assert pods["skylark-score-v2"]["tolerations"] == [{"key": "skylark.io/edge", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pods["skylark-score-v2"]["timeoutSeconds"] == 60
+    assert pods["skylark-notify"]["nodeSelector"] == {"kubernetes.io/hostname": "pi5u1"}
+    assert pods["skylark-handlers-pi4u6"]["nodeSelector"] == {"kubernetes.io/hostname": "pi4u6.testbed.local"}
+    # deploy.resources laid over functionDefaults.resources key by key.
+    assert container("skylark-score-v2")["resources"] == {
+        "requests": {"cpu": "250m", "memory": "384Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+    annotations = ksvcs["skylark-score-v2"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["autoscaling.knative.dev/target"] == "10"
+    assert "autoscaling.knative.dev/scale-to-zero-pod-retention-period" not in annotations, "deploy set it empty"
+    routes = {t["metadata"]["name"]: (t["spec"]["filter"]["attributes"], t["spec"]["subscriber"]["ref"]["name"])
+              for t in of_kind(objects, "Trigger") if "skylarktarget" not in t["spec"]["filter"]["attributes"]}
+    assert routes == {
+        "skylark-ingest": ({"type": "com.acme.reading.submitted"}, "skylark-ingest"),
+        "skylark-ingest-2": ({"type": "com.acme.reading.batch"}, "skylark-ingest"),
+        "skylark-score-v2": ({"type": "com.acme.reading.ingested"}, "skylark-score-v2"),
+        "skylark-notify": ({"type": "com.acme.score.computed"}, "skylark-notify"),
+    }
+    config = _configmap(objects)
+    assert config["SKYLARK_POLICY"] == "random", "the workflow's policy"
+    assert parse_workflow(config["SKYLARK_WORKFLOW"]).function("Score_v2").config == {
+        "model": "gbt-2024-11", "threshold": "0.8"}
+    assert {p["spec"]["data"] for p in of_kind(objects, "PingSource")} == {'{"functions":["Score_v2","ingest"]}'}

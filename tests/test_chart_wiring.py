@@ -1,5 +1,5 @@
 """eventing.wiring builds the same Triggers, PingSource and stream as the chart renders (no drift),
-and rejects the values the chart rejects."""
+and rejects the values the chart rejects; the chart's default workflow is the example's file."""
 
 from __future__ import annotations
 
@@ -8,11 +8,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chart_fixtures import CHART, NAMESPACE, RELEASE, VALUES_CASES, case_id, helm_template, merged_values, of_kind, rendered
+from chart_fixtures import (
+    CHART,
+    NAMESPACE,
+    RELEASE,
+    REPO,
+    USER_VALUES,
+    VALUES_CASES,
+    case_id,
+    helm_template,
+    merged_values,
+    of_kind,
+    rendered,
+)
 from eventing import catalogue
 from eventing.wiring import (
     SERVICE_KEYS,
     default_values_path,
+    function_service,
     load_chart_values,
     merge_values,
     object_name,
@@ -20,9 +33,12 @@ from eventing.wiring import (
     pingsources_from_values,
     stream_from_values,
     triggers_from_values,
+    warmup_data,
+    workflow_from_values,
 )
 from skylark.state import keys
 from skylark.state.errors import ConfigError
+from skylark.workflow import load_workflow
 
 PREFIX = f"{RELEASE}-"
 
@@ -54,7 +70,9 @@ def test_unprefixed_triggers_name_the_service_keys(values_file):
     for mine, theirs in zip(local, chart):
         assert mine["spec"]["filter"] == theirs["spec"]["filter"]
         ref_name = mine["spec"]["subscriber"]["ref"]["name"]
-        assert ref_name in SERVICE_KEYS or ref_name in {handlers_service(n["name"]) for n in values["nodes"]}
+        functions = {function_service(name) for name in workflow_from_values(values).names}
+        assert ref_name in SERVICE_KEYS or ref_name in functions or ref_name in {
+            handlers_service(n["name"]) for n in values["nodes"]}
         assert PREFIX + mine["spec"]["subscriber"]["ref"]["name"] == theirs["spec"]["subscriber"]["ref"]["name"]
         assert mine["spec"]["subscriber"].get("uri") == theirs["spec"]["subscriber"].get("uri")
         assert (mine["spec"].get("delivery", {}).get("retry"), mine["spec"].get("delivery", {}).get("backoffDelay")) == (
@@ -66,6 +84,20 @@ def test_rendered_pingsource_equals_pingsource_from_values(values_file):
     values = merged_values(values_file)
     pings = [_comparable(p) for p in of_kind(rendered(values_file), "PingSource")]
     assert pings == pingsources_from_values(values, NAMESPACE, prefix=PREFIX)
+
+
+@pytest.mark.parametrize("values_file", VALUES_CASES, ids=case_id)
+def test_rendered_ping_data_is_warmup_data_byte_for_byte(values_file):
+    """Without ping.data both derive it from the workflow: Helm's toJson of the sorted, unique reads
+    is exactly eventing.wiring.warmup_data (compact JSON), not merely the same JSON value."""
+    values = merged_values(values_file)
+    pings = of_kind(rendered(values_file), "PingSource")
+    if not values["ping"]["enabled"] or values["ping"]["data"]:
+        return
+    expected = warmup_data(workflow_from_values(values))
+    assert pings and {p["spec"]["data"] for p in pings} == {expected}
+    assert expected == '{"functions":[' + ",".join(
+        f'"{name}"' for name in sorted({r for fn in workflow_from_values(values).functions for r in fn.reads})) + "]}"
 
 
 @pytest.mark.parametrize("values_file", VALUES_CASES, ids=case_id)
@@ -88,14 +120,14 @@ def test_defaults_load_from_the_chart_in_the_repository():
     assert stream_from_values(values) == (keys.DEFAULT_CHANGE_STREAM, "skylark-handlers")
     routes = {t["spec"]["filter"]["attributes"]["type"]: t["spec"]["subscriber"] for t in triggers_from_values(values)}
     assert routes[catalogue.BUNDLE_PROPAGATED] == {
-        "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "handlers-edge-1"}, "uri": "/"}
-    assert routes[catalogue.IMAGE_SUBMITTED]["ref"]["name"] == "preprocess"
-    assert routes[catalogue.PREPROCESS_COMPLETED]["ref"]["name"] == "detect"
-    assert routes[catalogue.DETECT_COMPLETED]["ref"]["name"] == "alarm"
+        "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "handlers-node-c"}, "uri": "/"}
+    assert routes["io.skylark.image.submitted"]["ref"]["name"] == "preprocess"
+    assert routes["io.skylark.preprocess.completed"]["ref"]["name"] == "detect"
+    assert routes["io.skylark.detect.completed"]["ref"]["name"] == "alarm"
     [first, *_] = triggers_from_values(values, "ns")
     assert first["apiVersion"] == "eventing.knative.dev/v1" and first["kind"] == "Trigger"
-    assert first["metadata"] == {"name": "bundle-propagated-edge-1", "namespace": "ns"}
-    assert first["spec"]["filter"]["attributes"] == {"type": catalogue.BUNDLE_PROPAGATED, "skylarktarget": "edge-1"}
+    assert first["metadata"] == {"name": "bundle-propagated-node-a", "namespace": "ns"}
+    assert first["spec"]["filter"]["attributes"] == {"type": catalogue.BUNDLE_PROPAGATED, "skylarktarget": "node-a"}
     assert first["spec"]["broker"] == "skylark"
     assert first["spec"]["delivery"] == {
         "retry": 5, "backoffPolicy": "exponential", "backoffDelay": "PT0.2S",
@@ -111,7 +143,9 @@ def test_per_node_triggers_for_callers_own_nodes():
     assert [t["metadata"]["name"] for t in propagation] == ["bundle-propagated-node-a", "bundle-propagated-node-b-x"]
     assert [t["spec"]["filter"]["attributes"]["skylarktarget"] for t in propagation] == ["node-a", "Node_B.x"]
     assert [t["spec"]["subscriber"]["ref"]["name"] for t in propagation] == ["handlers-node-a", "handlers-node-b-x"]
-    assert len(triggers) == len(propagation) + 3, "the other triggers are not per node"
+    # Only the functions placed on those nodes get Triggers: preprocess is pinned to node-a, detect
+    # and alarm to node-b and node-c.
+    assert [t["metadata"]["name"] for t in triggers if t not in propagation] == ["preprocess"]
     [only] = [t for t in triggers_from_values(values, nodes=["node-a"]) if t["spec"]["subscriber"]["ref"]["name"].startswith("handlers")]
     assert only["spec"]["filter"]["attributes"]["skylarktarget"] == "node-a"
     pings = pingsources_from_values(values, nodes=["node-a", "node-b"])
@@ -119,10 +153,47 @@ def test_per_node_triggers_for_callers_own_nodes():
     assert [p["metadata"]["name"] for p in pings] == ["warmup-node-a", "warmup-node-b"]
 
 
-def test_trigger_types_are_in_the_catalogue():
+def test_trigger_types_are_skylarks_or_the_workflows():
+    """A Trigger filters on Skylark's own propagation type or on a type a function of the workflow
+    accepts (the workflow's events are its own, not a fixed catalogue)."""
     for values_file in VALUES_CASES:
-        for trigger in triggers_from_values(merged_values(values_file)):
-            assert trigger["spec"]["filter"]["attributes"]["type"] in catalogue.SKYLARK_TYPES
+        values = merged_values(values_file)
+        accepted = {t for fn in workflow_from_values(values).functions for t in fn.accepts}
+        for trigger in triggers_from_values(values):
+            assert trigger["spec"]["filter"]["attributes"]["type"] in {catalogue.BUNDLE_PROPAGATED, *accepted}
+
+
+def test_the_default_workflow_is_the_example_workflow_file():
+    """values.yaml's `workflow` and ex_workflows/image-alarm.yaml declare the same workflow (what
+    `skylark demo` runs locally is what the chart installs)."""
+    example = load_workflow(REPO / "ex_workflows" / "image-alarm.yaml")
+    assert workflow_from_values(load_chart_values()) == example
+
+
+def test_the_example_images_run_in_the_generic_function_image_unless_they_need_more():
+    """alarm needs nothing beyond the generic image; preprocess and detect have their own
+    (Pillow; OpenCV), built FROM it."""
+    images = {fn.name: fn.deploy.get("image") for fn in workflow_from_values(load_chart_values()).functions}
+    assert images == {"preprocess": "skylark-preprocess", "detect": "skylark-detect", "alarm": "skylark-function"}
+    assert load_chart_values()["functionDefaults"]["image"] == "skylark-function"
+
+
+def test_a_trigger_to_a_function_is_wired_alike(tmp_path):
+    """eventing.triggers may name a workflow function's service key: both renderings agree."""
+    values = merged_values(USER_VALUES)
+    extra = {"eventing": {"triggers": [
+        *values["eventing"]["triggers"],
+        {"name": "urgent", "filter": {"attributes": {"type": "com.acme.score.computed", "acmeurgency": "high"}},
+         "subscriber": {"service": "notify", "path": "/urgent"},
+         "delivery": {"retry": 9, "deadLetterSink": {"service": "dead-letter"}}},
+    ]}}
+    file = tmp_path / "extra-values.yaml"
+    file.write_text(yaml.safe_dump(extra))
+    result = helm_template(USER_VALUES, file)
+    assert result.returncode == 0, result.stderr
+    chart = [_comparable(o) for o in yaml.safe_load_all(result.stdout) if o and o["kind"] == "Trigger"]
+    assert chart == triggers_from_values(merge_values(values, extra), NAMESPACE, prefix=PREFIX)
+    assert any(t["metadata"]["name"] == f"{PREFIX}urgent" for t in chart)
 
 
 def test_merge_values_behaves_like_helm():

@@ -1,4 +1,5 @@
-"""`skylark up` and `skylark demo`: the whole pipeline on one machine, as a user runs it."""
+"""`skylark up`, `skylark run` and `skylark demo`: the whole pipeline on one machine, as a user
+runs it, for the example workflow and for a workflow of the user's own."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import time
 
 import psutil
 import pytest
+import requests
 
+from eventing.http import new_event, to_binary
 from skylark.runtime.embedded import free_port_block
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,16 +42,18 @@ def test_demo_completes_both_modes_with_alarms_and_local_reads_only_with_propaga
     report = run_demo(tmp_path)
     assert report["completed"] == report["total"] == 10
     chains = report["chains"]
-    a, b, c = report["route"]
+    placement = report["placement"]
+    a, b, c = placement["preprocess"], placement["detect"], placement["alarm"]
     for chain in chains:
         assert [(e["function"], e["node"]) for e in chain["trace"]] == [("preprocess", a), ("detect", b), ("alarm", c)]
         assert chain["e2e_ms"] > 0
         # the astronaut (a face) raises an alarm; the cat, the coffee and the rocket do not
         expected = "alarm" if chain["image"] == "astronaut" else "no_alarm"
         if chain["image"] in ("astronaut", "chelsea", "coffee", "rocket"):
-            assert chain["outcome"] == expected, chain
-    alarms = [ch for ch in chains if ch["outcome"] == "alarm"]
-    assert alarms and all(d["class"] == "face" for ch in alarms for d in ch["matched"])
+            assert chain["data"]["outcome"] == expected, chain
+            assert chain["outcome"] == ("io.skylark.alarm.raised" if expected == "alarm" else "io.skylark.alarm.clear")
+    alarms = [ch for ch in chains if ch["data"]["outcome"] == "alarm"]
+    assert alarms and all(d["class"] == "face" for ch in alarms for d in ch["data"]["detections"])
     for chain in chains:
         detect, alarm = stage(chain, "detect"), stage(chain, "alarm")
         if chain["mode"] == "skylark":
@@ -68,25 +73,13 @@ def _children(pid: int) -> list[psutil.Process]:
 
 
 def test_up_starts_prints_endpoints_and_stops_cleanly():
-    ports = 3 * 6 + 2  # per node: redis + 5 gunicorn services; then the neighbors service, dead letter
+    ports = 3 * 4 + 3  # per node: redis, handlers, broker, its function; then neighbors, dead letter, observer
     base = free_port_block(ports)
-    proc = subprocess.Popen([sys.executable, "-m", "skylark.cli", "up", "--base-port", str(base)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                            env={**os.environ, "COLUMNS": "200"})
-    output = []
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        output.append(line)
-        if "Ctrl-C stops everything" in line:
-            break
-    text = "".join(output)
+    proc, text = start_up(["--base-port", str(base)], {})
     assert "Ctrl-C stops everything" in text, text
     assert f"redis://127.0.0.1:{base}/0" in text and "broker ingress" in text and "links are not emulated" in text
     children = _children(proc.pid)
-    assert len(children) >= 3 * 6  # per node: redis, 5 gunicorn masters (+ workers), agent
+    assert len(children) >= 3 * 5  # per node: redis, 3 gunicorn masters (+ workers), agent
     ports = [base + i for i in range(ports)]
     for port in ports[:3]:
         with socket.create_connection(("127.0.0.1", port), timeout=2):
@@ -129,9 +122,10 @@ def test_emulated_links_make_remote_reads_cost_the_link_latency(tmp_path):
     from skylark.runtime.cluster import default_topology_path
 
     links = {frozenset((l["a"], l["b"])): l for l in yaml.safe_load(default_topology_path().read_text())["links"]}
-    a, b, c = report["route"]
+    placement = report["placement"]
+    a, b, c = placement["preprocess"], placement["detect"], placement["alarm"]
     for chain in report["chains"]:
-        if chain["mode"] != "stateless":
+        if chain["mode"] != "pull":
             continue
         for name, reader, origin in (("detect", b, a), ("alarm", c, b)):
             entry = stage(chain, name)
@@ -142,3 +136,176 @@ def test_emulated_links_make_remote_reads_cost_the_link_latency(tmp_path):
     # and nothing of the emulation is left
     leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "sk" not in " ".join(line.split()[0] for line in leftover.splitlines() if line.strip().startswith("sk"))
+
+
+USER_FUNCTIONS = '''
+"""A user's own functions, in a package of their own: nothing of Skylark's names them."""
+import json
+from collections import Counter
+
+from skylark.sdk import Function, InputError
+
+
+class Tokenize(Function):
+    name = "tokenize"
+
+    def handle(self, ctx):
+        text = ctx.json().get("text")
+        if not isinstance(text, str):
+            raise InputError("missing_text", "data.text must be a string")
+        ctx.state.put({"words": json.dumps(text.lower().split())})
+        return ctx.emit("io.acme.tokenized", {"chars": len(text)})
+
+
+class Count(Function):
+    def start(self, config):
+        self.top = config.int("top", 2, minimum=1)
+
+    def handle(self, ctx):
+        words = json.loads(ctx.input.fields["words"])
+        ctx.state.put({"counts": json.dumps(Counter(words).most_common(self.top))})
+        return ctx.emit("io.acme.counted", {"distinct": len(set(words))})
+
+
+class Report(Function):
+    def handle(self, ctx):
+        counts = json.loads(ctx.read("count").fields["counts"])
+        words = json.loads(ctx.read("tokenize").fields["words"])
+        return ctx.emit("io.acme.reported", {"top": counts, "words": len(words)})
+
+
+def make_count():
+    return Count()
+'''
+
+USER_WORKFLOW = '''
+apiVersion: skylark.io/v1alpha1
+kind: Workflow
+metadata: {name: words}
+spec:
+  policy: skylark
+  slo: {max_latency_ms: 500, min_bandwidth_mbps: 10}
+  functions:
+    - {name: tokenize, entry: "acme_words.fns:Tokenize", accepts: [io.acme.text.submitted], emits: [io.acme.tokenized], node: node-a}
+    - {name: count, entry: "acme_words.fns:make_count", accepts: [io.acme.tokenized], emits: [io.acme.counted], reads: [tokenize], node: node-b, config: {top: 1}}
+    - {name: report, entry: "acme_words.fns:Report", accepts: [io.acme.counted], emits: [io.acme.reported], reads: [count, tokenize], node: node-c}
+'''
+
+
+def start_up(args: list[str], env: dict) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "skylark.cli", "up", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=REPO, env={**os.environ, "COLUMNS": "200", **env})
+    output = []
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        if "Ctrl-C stops everything" in line:
+            break
+    return proc, "".join(output)
+
+
+def test_a_users_own_workflow_runs_end_to_end_with_no_file_of_skylarks_changed(tmp_path):
+    repo_before = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=REPO).stdout
+    package = tmp_path / "acme_words"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "fns.py").write_text(USER_FUNCTIONS)
+    workflow = tmp_path / "words.yaml"
+    workflow.write_text(USER_WORKFLOW)
+    env = {"PYTHONPATH": str(tmp_path), "SKYLARK_CLUSTER_FILE": str(tmp_path / "cluster.json")}
+    check = skylark("workflow", "check", str(workflow), env=env, timeout=60)
+    assert check.returncode == 0 and "workflow words is valid" in check.stdout, check.stderr
+
+    base = free_port_block(3 * 4 + 3)
+    proc, text = start_up(["--workflow", str(workflow), "--base-port", str(base)], env)
+    try:
+        assert "Ctrl-C stops everything" in text, text
+        # propagation is signed with a key of this cluster: an unsigned push to node-a's handlers
+        # (ports: redis, handlers, broker, its function) is refused
+        unsigned = new_event("io.skylark.bundle.propagated", "/skylark/nodes/node-b/handlers",
+                             {"tombstone": {"chain": "c", "function": "f", "version": 9, "node": "node-b",
+                                            "updated_ms": 1}}, skylarktarget="node-a")
+        headers, body = to_binary(unsigned)
+        refused = requests.post(f"http://127.0.0.1:{base + 1}/", data=body, headers=headers, timeout=10)
+        assert refused.status_code == 401 and refused.json()["error"] == "missing_signature", refused.text
+        assert "function tokenize" in text and "function report" in text and "policy skylark" in text
+        result = skylark("run", "--data", json.dumps({"text": "the cat saw the other cat and the dog"}),
+                         "--chain", "words-1", "--json", env=env, timeout=120)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        run = json.loads(result.stdout)
+        assert run["completed"] and run["outcome"] == "io.acme.reported"
+        assert run["data"] == {"top": [["the", 3]], "words": 9}
+        stages = {e["function"]: e for e in run["trace"]}
+        assert [(e["function"], e["node"]) for e in run["trace"]] == [
+            ("tokenize", "node-a"), ("count", "node-b"), ("report", "node-c")]
+        assert stages["tokenize"]["fetch_location"] == "inline"
+        assert stages["count"]["fetch_location"] == "local"  # pushed from node-a to its neighbour
+        # bad input to the user's function: the invocation does not end, and nothing half-happens
+        bad = skylark("run", "--data", json.dumps({"words": 1}), "--timeout", "3", "--json", env=env, timeout=60)
+        assert bad.returncode == 1 and not json.loads(bad.stdout)["completed"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    assert not (tmp_path / "cluster.json").exists()
+    # the user's package and workflow live outside the repository, which the run left as it was
+    assert subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
+                          cwd=REPO).stdout == repo_before
+
+
+def test_workflow_check_names_the_line_of_a_mistake(tmp_path):
+    workflow = tmp_path / "words.yaml"
+    workflow.write_text(USER_WORKFLOW.replace("reads: [tokenize]", "reads: [tokenise]"))
+    result = skylark("workflow", "check", str(workflow), timeout=60)
+    assert result.returncode == 2
+    assert f"{workflow}:10: spec.functions[1].reads[0]: 'tokenise' is not a function of this workflow" in result.stderr
+    result = skylark("up", "--workflow", str(tmp_path / "missing.yaml"), timeout=60)
+    assert result.returncode == 2 and "cannot read the workflow file" in result.stderr
+    misplaced = tmp_path / "misplaced.yaml"
+    misplaced.write_text(USER_WORKFLOW.replace("node: node-c", "node: node-z"))
+    result = skylark("up", "--workflow", str(misplaced), timeout=60)
+    assert result.returncode == 2 and "'node-z' is not in the topology" in result.stderr
+
+
+def test_on_the_thesis_testbed_each_bundle_goes_to_the_elected_node_and_is_read_there(tmp_path):
+    """The thesis's workflow, four stages pinned across its 8-node testbed (snapshot 0): for each
+    hop, the bundle is pushed to the node ``elect`` chooses toward the reader's node — the
+    reader's own node, one on the way, or none — and the reader reads it exactly there."""
+    from ex_workflows import example_path
+    from neighbors_service.policies import SLO, elect
+    from neighbors_service.sources.file import load_topology_file
+    from neighbors_service.topologies import example_path as topology_path
+    from skylark.workflow import load_workflow
+
+    workflow_file = tmp_path / "thesis.yaml"
+    workflow_file.write_text(example_path("thesis").read_text().replace("max_latency_ms: 500", "max_latency_ms: 120"))
+    workflow = load_workflow(workflow_file)
+    topology = load_topology_file(topology_path("thesis")).snapshot(0)
+    slo = SLO(workflow.slo.max_latency_ms, workflow.slo.min_bandwidth_mbps)
+    env = {"SKYLARK_CLUSTER_FILE": str(tmp_path / "cluster.json")}
+    proc, text = start_up(["--workflow", str(workflow_file), "--topology", str(topology_path("thesis")),
+                           "--snapshot", "0"], env)
+    try:
+        assert "Ctrl-C stops everything" in text, text
+        kinds = set()
+        for size in (100_000, 1_000_000):
+            result = skylark("run", "--data", json.dumps({"state_bytes": size}), "--json", env=env, timeout=120)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            run = json.loads(result.stdout)
+            stages = {e["function"]: e for e in run["trace"]}
+            for fn in workflow.functions[1:]:
+                [source] = fn.reads
+                origin = stages[source]["node"]
+                elected = elect(topology, origin, fn.node, size + 2, slo).node  # + the field name "f0"
+                entry = stages[fn.name]
+                assert entry["node"] == fn.node
+                assert entry["fetch_node"] == elected, (size, fn.name, entry)
+                assert entry["fetch_location"] == ("local" if elected == fn.node else "remote"), (size, fn.name, entry)
+                kinds.add("local" if elected == fn.node else "origin" if elected == origin else "on the way")
+        # the sizes were chosen so that every kind of decision happens at least once
+        assert kinds == {"local", "origin", "on the way"}, kinds
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0

@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from skylark.state.bundle import checksum_of, field_digest
+from skylark.state.bundle import BundleMeta, Tombstone, checksum_of, field_digest
 from skylark.state.changes import ChangeRecord, InvalidChange
 from skylark.runtime.embedded import EmbeddedRedis, _ephemeral_low, free_port, free_port_block, port_is_free
 from skylark.state.errors import BundleNotFound, ConfigError, StoreUnavailable
@@ -43,6 +43,16 @@ def test_settings_defaults_and_env():
     ({"PORT": "70000"}, "PORT"),
     ({"SKYLARK_NODE": "bad node"}, "SKYLARK_NODE"),
     ({"SKYLARK_REDIS_TIMEOUT": "-1"}, "must be within"),
+    # int() and float() would take these; a mistyped manifest must stop the service instead
+    ({"SKYLARK_MAX_BUNDLE_BYTES": "١٢"}, "not an integer"),
+    ({"SKYLARK_MAX_BUNDLE_BYTES": "²"}, "not an integer"),
+    ({"SKYLARK_MAX_BUNDLE_BYTES": "1_000"}, "not an integer"),
+    ({"SKYLARK_MAX_BUNDLE_BYTES": " 12"}, "not an integer"),
+    ({"SKYLARK_MAX_BUNDLE_BYTES": str(2**63)}, "not an integer"),
+    ({"SKYLARK_REDIS_TIMEOUT": "nan"}, "not a number"),
+    ({"SKYLARK_REDIS_TIMEOUT": "inf"}, "not a number"),
+    ({"SKYLARK_REDIS_TIMEOUT": "1_0"}, "not a number"),
+    ({"SKYLARK_REDIS_TIMEOUT": "١"}, "not a number"),
 ])
 def test_settings_validation(env, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -61,11 +71,30 @@ def test_change_record_parsing_errors():
             "version": "3", "node": "n", "size": "10", "checksum": "ab", "ts": "1"}
     assert ChangeRecord.from_stream_fields(good).to_stream_fields() == good
     for broken, needle in [({"version": "x"}, "version"), ({"op": "merge"}, "op"),
-                           ({"chain": "a b"}, "chain"), ({"mechanism": "other"}, "mechanism")]:
+                           ({"chain": "a b"}, "chain"), ({"mechanism": "other"}, "mechanism"),
+                           # str.isdigit() passes "²" (int() then raised: a 500) and int() reads
+                           # "١٢" as 12; past int64 no consumer of the stream can hold the number
+                           ({"version": "²"}, "version"), ({"version": "١٢"}, "version"),
+                           ({"size": "1_000"}, "size"), ({"ts": " 12"}, "ts"), ({"version": "-1"}, "version"),
+                           ({"version": str(2**63)}, "version"), ({"size": str(2**64)}, "size")]:
         with pytest.raises(InvalidChange, match=needle):
             ChangeRecord.from_stream_fields({**good, **broken})
     with pytest.raises(InvalidChange, match="lacks"):
         ChangeRecord.from_stream_fields({"chain": "c"})
+    biggest = {**good, "version": str(2**63 - 1), "size": str(2**63 - 1), "ts": str(2**63 - 1)}
+    assert ChangeRecord.from_stream_fields(biggest).version == 2**63 - 1
+
+
+def test_bundle_metadata_stays_within_int64():
+    make = dict(chain="c", function="f", node="n", updated_ms=1, size=1, checksum="0" * 40, field_count=1)
+    assert BundleMeta(version=2**63 - 1, **make).version == 2**63 - 1
+    for bad in (2**63, -1, True, 1.0, "1"):
+        with pytest.raises(ValueError, match="version"):
+            BundleMeta(version=bad, **make)
+        with pytest.raises(ValueError, match="version"):
+            Tombstone("c", "f", bad, "n", 1)
+    with pytest.raises(ValueError, match="ttl_ms"):
+        BundleMeta(version=1, ttl_ms=2**64, **make)
 
 
 def test_embedded_redis_starts_and_stops_without_leftovers():
@@ -187,13 +216,13 @@ def test_reader_ignores_stale_copies_and_waits_for_a_propagated_one(redis_factor
     newer = store_b.put("c", "f", {"x": b"newest"}).meta.version
     arrive = threading.Timer(0.08, lambda: store_a.apply(store_b.get_bundle("c", "f")))
     arrive.start()
-    read = reader.read("c", "f", ["node-b"], min_version=newer, wait_local_ms=2000)
+    read = reader.read("c", "f", ["node-b"], min_version=newer, wait_ms=2000)
     arrive.join()
     assert (read.location, read.bundle.version) == ("local", newer)
     assert 60 <= read.waited_ms <= read.elapsed_ms < 2000
     # nothing arrives: after the wait, the origin
     latest = store_b.put("c", "f", {"x": b"last"}).meta.version
-    read = reader.read("c", "f", ["node-b"], min_version=latest, wait_local_ms=50)
+    read = reader.read("c", "f", ["node-b"], min_version=latest, wait_ms=50)
     assert read.location == "remote" and read.elapsed_ms >= 50 and read.waited_ms >= 40
 
 

@@ -18,6 +18,12 @@ from eventing_fixtures import REAL_BINARY_HEADERS, REAL_BODY, sink_factory  # no
 from skylark.state.errors import ConfigError
 
 
+# A workflow's own event types (the example's): the broker routes whatever types its Triggers name.
+PREPROCESS_COMPLETED = "io.skylark.preprocess.completed"
+DETECT_COMPLETED = "io.skylark.detect.completed"
+ALARM_RAISED = "io.skylark.alarm.raised"
+
+
 def trigger(name: str, attributes: dict, subscriber: str = "sub", *, uri: str | None = None,
             delivery: dict | None = None, broker: str = "skylark") -> dict:
     sub: dict = {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": subscriber}}
@@ -30,7 +36,7 @@ def trigger(name: str, attributes: dict, subscriber: str = "sub", *, uri: str | 
             "metadata": {"name": name, "namespace": "default"}, "spec": spec}
 
 
-def event(type_: str = catalogue.PREPROCESS_COMPLETED, **ext):
+def event(type_: str = PREPROCESS_COMPLETED, **ext):
     return new_event(type_, "/skylark/nodes/edge-1/preprocess", {"chain": "c1"}, **ext)
 
 
@@ -46,7 +52,7 @@ def test_filter_is_exact_match_on_attributes_and_extensions():
     assert t.matches(event(catalogue.BUNDLE_PROPAGATED, skylarktarget="edge-2"))
     assert not t.matches(event(catalogue.BUNDLE_PROPAGATED, skylarktarget="edge-3"))
     assert not t.matches(event(catalogue.BUNDLE_PROPAGATED))          # attribute missing
-    assert not t.matches(event(catalogue.DETECT_COMPLETED, skylarktarget="edge-2"))
+    assert not t.matches(event(DETECT_COMPLETED, skylarktarget="edge-2"))
 
 
 def test_empty_filter_value_matches_any_value_of_a_present_attribute():
@@ -110,9 +116,11 @@ def test_the_charts_triggers_load_and_resolve():
 
 
 def chart_service_keys(values) -> list[str]:
-    """Every service name the chart's Triggers may reference (handlers once per node)."""
+    """Every service name the chart's Triggers may reference (handlers once per node, and the
+    workflow's functions)."""
     return [k for k in wiring.SERVICE_KEYS if k != "handlers"] + [
-        wiring.handlers_service(n) for n in wiring.nodes_from_values(values)]
+        wiring.handlers_service(n) for n in wiring.nodes_from_values(values)] + [
+        wiring.function_service(f) for f in wiring.workflow_from_values(values).names]
 
 
 # --- the broker over HTTP ---------------------------------------------------------------------
@@ -133,12 +141,12 @@ def broker_for():
 
 def test_delivers_matching_events_with_arrival_time_and_the_body_as_sent(broker_for, sink_factory):
     detect, alarm = sink_factory(), sink_factory()
-    broker = broker_for([trigger("pre", {"type": catalogue.PREPROCESS_COMPLETED}, "detect"),
+    broker = broker_for([trigger("pre", {"type": PREPROCESS_COMPLETED}, "detect"),
                          trigger("stream", {"type": catalogue.REDIS_STREAM}, "alarm", uri="/changes")],
                         {"detect": detect.url, "alarm": alarm.url})
     ev = event(skylarktarget="edge-2")
     assert post(broker.url, ev).status_code == 202
-    assert post(broker.url, event(catalogue.ALARM_RAISED)).status_code == 202  # no Trigger: accepted anyway
+    assert post(broker.url, event(ALARM_RAISED)).status_code == 202  # no Trigger: accepted anyway
     real = requests.post(broker.url, data=REAL_BODY, headers=REAL_BINARY_HEADERS, timeout=5)
     assert real.status_code == 202
     assert broker.drain(5)
@@ -160,8 +168,8 @@ def test_binary_data_is_routed_unread_and_judged_by_the_subscriber(broker_for, s
     # body that is not the JSON its content type says reaches the subscriber as sent (whose 400
     # then sends it to the dead-letter sink, as in a cluster).
     sink = sink_factory()
-    broker = broker_for([trigger("t", {"type": catalogue.DETECT_COMPLETED})], {"sub": sink.url})
-    headers, _ = to_binary(event(catalogue.DETECT_COMPLETED))
+    broker = broker_for([trigger("t", {"type": DETECT_COMPLETED})], {"sub": sink.url})
+    headers, _ = to_binary(event(DETECT_COMPLETED))
     body = b'{"chain":  "c1", "truncated'
     assert requests.post(broker.url, data=body, headers=headers, timeout=5).status_code == 202
     assert broker.drain(5)
@@ -171,12 +179,12 @@ def test_binary_data_is_routed_unread_and_judged_by_the_subscriber(broker_for, s
 
 def test_structured_events_are_accepted_and_delivered_binary(broker_for, sink_factory):
     sink = sink_factory()
-    broker = broker_for([trigger("t", {"type": catalogue.DETECT_COMPLETED})], {"sub": sink.url})
-    headers, body = to_structured(event(catalogue.DETECT_COMPLETED))
+    broker = broker_for([trigger("t", {"type": DETECT_COMPLETED})], {"sub": sink.url})
+    headers, body = to_structured(event(DETECT_COMPLETED))
     assert requests.post(broker.url, data=body, headers=headers, timeout=5).status_code == 202
     assert broker.drain(5)
     [got] = sink.received
-    assert got.headers["ce-type"] == catalogue.DETECT_COMPLETED
+    assert got.headers["ce-type"] == DETECT_COMPLETED
     assert parse(got.headers, got.body).get_data() == {"chain": "c1"}
 
 
@@ -204,7 +212,7 @@ def test_ingress_errors_are_json(broker_for, sink_factory):
 def test_retryable_answers_are_retried_with_backoff(broker_for, sink_factory, policy, delay_s, waits):
     answers = [503, 404]  # then 200
     sink = sink_factory(respond=lambda r, n: (answers[n - 1], {}, b"") if n <= len(answers) else (200, {}, b""))
-    broker = broker_for([trigger("t", {"type": catalogue.PREPROCESS_COMPLETED},
+    broker = broker_for([trigger("t", {"type": PREPROCESS_COMPLETED},
                                  delivery={"retry": 3, "backoffPolicy": policy, "backoffDelay": f"PT{delay_s}S"})],
                         {"sub": sink.url})
     assert post(broker.url, event()).status_code == 202
@@ -222,7 +230,7 @@ def test_400_is_not_retried_and_goes_to_the_dead_letter_sink(broker_for, sink_fa
     dead = sink_factory()
     delivery = {"retry": 5, "backoffDelay": "PT0.01S",
                 "deadLetterSink": {"ref": {"kind": "Service", "name": "dead-letter"}}}
-    broker = broker_for([trigger("t", {"type": catalogue.PREPROCESS_COMPLETED}, delivery=delivery)],
+    broker = broker_for([trigger("t", {"type": PREPROCESS_COMPLETED}, delivery=delivery)],
                         {"sub": sink.url, "dead-letter": dead.url})
     ev = event()
     post(broker.url, ev)
@@ -241,7 +249,7 @@ def test_exhausted_retries_go_to_the_dead_letter_sink(broker_for, sink_factory):
     dead = sink_factory()
     delivery = {"retry": 2, "backoffPolicy": "linear", "backoffDelay": "PT0.01S",
                 "deadLetterSink": {"uri": dead.url + "dls"}}
-    broker = broker_for([trigger("t", {"type": catalogue.PREPROCESS_COMPLETED}, delivery=delivery)],
+    broker = broker_for([trigger("t", {"type": PREPROCESS_COMPLETED}, delivery=delivery)],
                         {"sub": sink.url})
     post(broker.url, event())
     assert broker.drain(5)
@@ -252,7 +260,7 @@ def test_exhausted_retries_go_to_the_dead_letter_sink(broker_for, sink_factory):
 
 
 def test_unreachable_subscriber_without_dead_letter_sink_is_counted_lost(broker_for):
-    broker = broker_for([trigger("t", {"type": catalogue.PREPROCESS_COMPLETED},
+    broker = broker_for([trigger("t", {"type": PREPROCESS_COMPLETED},
                                  delivery={"retry": 1, "backoffDelay": "PT0.01S"})],
                         {"sub": "http://127.0.0.1:1"})
     post(broker.url, event())
@@ -262,30 +270,30 @@ def test_unreachable_subscriber_without_dead_letter_sink_is_counted_lost(broker_
 
 def test_replies_are_published_again(broker_for, sink_factory):
     def reply(received, n):
-        headers, body = to_binary(new_event(catalogue.DETECT_COMPLETED, "/skylark/nodes/edge-1/detect",
+        headers, body = to_binary(new_event(DETECT_COMPLETED, "/skylark/nodes/edge-1/detect",
                                             {"detections": 2}))
         return 200, headers, body
 
     detect = sink_factory(respond=reply)
     alarm = sink_factory()
-    broker = broker_for([trigger("pre", {"type": catalogue.PREPROCESS_COMPLETED}, "detect"),
-                         trigger("det", {"type": catalogue.DETECT_COMPLETED}, "alarm")],
+    broker = broker_for([trigger("pre", {"type": PREPROCESS_COMPLETED}, "detect"),
+                         trigger("det", {"type": DETECT_COMPLETED}, "alarm")],
                         {"detect": detect.url, "alarm": alarm.url})
     post(broker.url, event())
     assert broker.drain(5)
     [got] = alarm.received
-    assert got.headers["ce-type"] == catalogue.DETECT_COMPLETED
+    assert got.headers["ce-type"] == DETECT_COMPLETED
     assert json.loads(got.body) == {"detections": 2}
     assert broker.stats.replies == 1 and broker.stats.delivered == 2
 
 
 def test_reply_loops_are_stopped_by_the_ttl(broker_for, sink_factory):
     def echo(received, n):  # answers every event with an event the same Trigger matches again
-        headers, body = to_binary(new_event(catalogue.PREPROCESS_COMPLETED, "/loop", {"n": n}))
+        headers, body = to_binary(new_event(PREPROCESS_COMPLETED, "/loop", {"n": n}))
         return 200, headers, body
 
     sink = sink_factory(respond=echo)
-    broker = broker_for([trigger("loop", {"type": catalogue.PREPROCESS_COMPLETED})], {"sub": sink.url})
+    broker = broker_for([trigger("loop", {"type": PREPROCESS_COMPLETED})], {"sub": sink.url})
     post(broker.url, event(knativebrokerttl="5"))
     assert broker.drain(5)
     assert len(sink.received) == 5          # ttl 5, 4, 3, 2, 1; the reply to ttl 1 is dropped
@@ -295,7 +303,7 @@ def test_reply_loops_are_stopped_by_the_ttl(broker_for, sink_factory):
 def test_ingress_answers_503_when_too_many_deliveries_are_unfinished(broker_for, sink_factory):
     release = threading.Event()
     sink = sink_factory(respond=lambda r, n: (release.wait(5), (200, {}, b""))[1])
-    broker = broker_for([trigger("t", {"type": catalogue.PREPROCESS_COMPLETED})], {"sub": sink.url},
+    broker = broker_for([trigger("t", {"type": PREPROCESS_COMPLETED})], {"sub": sink.url},
                         max_in_flight=1)
     assert post(broker.url, event()).status_code == 202
     busy = post(broker.url, event())
@@ -309,7 +317,7 @@ def test_ingress_answers_503_when_too_many_deliveries_are_unfinished(broker_for,
 def test_create_app_from_environment(tmp_path, monkeypatch, sink_factory):
     sink = sink_factory()
     path = tmp_path / "triggers.yaml"
-    path.write_text(yaml.safe_dump_all([trigger("a", {"type": catalogue.ALARM_RAISED}, "alarm"),
+    path.write_text(yaml.safe_dump_all([trigger("a", {"type": ALARM_RAISED}, "alarm"),
                                         {"kind": "ConfigMap", "metadata": {"name": "ignored"}}]))
     assert len(load_trigger_objects(path.read_text())) == 1
     monkeypatch.setenv("SKYLARK_BROKER_TRIGGERS", str(path))
@@ -321,7 +329,7 @@ def test_create_app_from_environment(tmp_path, monkeypatch, sink_factory):
     # The Trigger's namespace is "default", so this broker (edge/skylark) serves none of them.
     app = create_app(config)
     client = app.test_client()
-    headers, body = to_binary(event(catalogue.ALARM_RAISED))
+    headers, body = to_binary(event(ALARM_RAISED))
     assert client.post("/edge/skylark", data=body, headers=headers).status_code == 202
     assert client.get("/stats").get_json()["triggers"] == []
     app.extensions["skylark_broker"].close()

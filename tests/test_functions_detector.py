@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ex_alarm.config import AlarmSettings
+from ex_alarm.function import Alarm
 from ex_alarm.rule import AlarmRule, InvalidDetections, parse_detections
-from ex_detect.config import DetectSettings
 from ex_detect.detector import (
     CLASSES,
     Detection,
@@ -21,8 +20,9 @@ from ex_detect.detector import (
     hog_score,
     non_max_suppression,
 )
+from ex_detect.function import Detect
 from ex_preprocess.imaging import ImageOptions, normalise
-from functions_fixtures import ASTRONAUT_FACE, astronaut, blank, chelsea, encode, noise, overlap
+from functions_fixtures import ASTRONAUT_FACE, astronaut, blank, chelsea, encode, noise, overlap, started
 from skylark.state.errors import ConfigError
 
 
@@ -105,13 +105,19 @@ def test_detector_options_and_settings_validation():
         DetectorOptions(classes=("face", "car"))
     with pytest.raises(ValueError):
         DetectorOptions(scale_factor=1.0)
-    s = DetectSettings.from_env({"SKYLARK_DETECT_CLASSES": "face", "SKYLARK_DETECT_MIN_SCORE": "0.5",
-                                 "SKYLARK_DETECT_TILES": "0"})
-    assert s.detector.classes == ("face",) and s.detector.min_score == 0.5 and s.use_tiles is False
+    env = {"SKYLARK_DETECT_CLASSES": "face", "SKYLARK_DETECT_MIN_SCORE": "0.5", "SKYLARK_DETECT_TILES": "0"}
+    with started(Detect(), env) as detect:
+        options = detect.detector.options
+        assert options.classes == ("face",) and options.min_score == 0.5 and detect.use_tiles is False
+        assert detect.alive() and detect.ready()
+    with started(Detect(), {}) as detect:
+        assert detect.detector.options == DetectorOptions() and detect.use_tiles is True
     for bad in ({"SKYLARK_DETECT_CLASSES": "dog"}, {"SKYLARK_DETECT_MIN_SCORE": "2"},
                 {"SKYLARK_DETECT_TILES": "maybe"}):
-        with pytest.raises(ConfigError):
-            DetectSettings.from_env(bad)
+        with pytest.raises(ConfigError, match="detect"):
+            with started(Detect(), bad):
+                pass
+    assert not Detect().alive()  # not started: no models
 
 
 # -- the alarm rule ----------------------------------------------------------------------------
@@ -154,9 +160,16 @@ def test_malformed_detections_are_rejected(raw):
 
 
 def test_alarm_settings_from_env():
-    s = AlarmSettings.from_env({"SKYLARK_ALARM_CLASSES": "face, person", "SKYLARK_ALARM_MIN_SCORE": "0.4",
-                                "SKYLARK_ALARM_MIN_COUNT": "2", "SKYLARK_ALARM_STREAM": "alarms:test"})
-    assert s.rule == AlarmRule(frozenset({"face", "person"}), 0.4, 2) and s.stream == "alarms:test"
-    for bad in ({"SKYLARK_ALARM_MIN_SCORE": "1.5"}, {"SKYLARK_ALARM_MIN_COUNT": "0"}):
-        with pytest.raises(ConfigError):
-            AlarmSettings.from_env(bad)
+    env = {"SKYLARK_ALARM_CLASSES": "face, person", "SKYLARK_ALARM_MIN_SCORE": "0.4",
+           "SKYLARK_ALARM_MIN_COUNT": "2", "SKYLARK_ALARM_STREAM": "alarms:test",
+           "SKYLARK_ALARM_STREAM_MAXLEN": "50"}
+    with started(Alarm(), env) as alarm:
+        assert alarm.rule == AlarmRule(frozenset({"face", "person"}), 0.4, 2)
+        assert (alarm.stream, alarm.stream_maxlen) == ("alarms:test", 50)
+    with started(Alarm(), {}) as alarm:
+        assert alarm.rule == AlarmRule() and (alarm.stream, alarm.stream_maxlen) == ("skylark:alarms", 10_000)
+    for bad in ({"SKYLARK_ALARM_MIN_SCORE": "1.5"}, {"SKYLARK_ALARM_MIN_COUNT": "0"},
+                {"SKYLARK_ALARM_STREAM_MAXLEN": "0"}):
+        with pytest.raises(ConfigError, match="alarm"):
+            with started(Alarm(), bad):
+                pass

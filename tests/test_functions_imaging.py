@@ -1,4 +1,5 @@
-"""ex_preprocess's pure parts: image normalisation and guards, and reading input events."""
+"""ex_preprocess's own parts: image normalisation and guards, its config, and where an input
+event's image is (``read_image``, after the SDK's reading of the event)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,24 @@ import io
 
 import numpy as np
 import pytest
+import xxhash
+from cloudevents.core.base import BaseCloudEvent
 from PIL import Image
 
-from eventing import catalogue
+from eventing.catalogue import PING
 from eventing.http import new_event
-from ex_preprocess.config import PreprocessSettings
+from ex_preprocess.function import IMAGE_SUBMITTED, Preprocess, image_options
 from ex_preprocess.imaging import ImageOptions, ImageTooLarge, InvalidImage, normalise, tile_origins
-from ex_preprocess.submission import StateRef, read_submission
-from skylark.state.errors import ConfigError
+from ex_preprocess.submission import read_image
+from functions_fixtures import astronaut, blank, chelsea, context, encode, header_only_png, noise, started
+from skylark.sdk import Config, Context, FunctionSettings
+from skylark.sdk.envelope import trace_of
+from skylark.sdk.node import NodeState
 from skylark.serving.web import ClientError
-from functions_fixtures import astronaut, blank, chelsea, encode, header_only_png, noise
+from skylark.state.errors import ConfigError
+from skylark.state.peers import StaticPeers
+from skylark.state.settings import Settings
+from skylark.state.store import StateStore
 
 
 def png_image(data: bytes) -> Image.Image:
@@ -149,79 +158,117 @@ def test_too_many_pixels_is_refused_before_decoding():
 
 
 def test_settings_from_env_and_their_validation():
-    s = PreprocessSettings.from_env({"SKYLARK_NODE": "n1", "SKYLARK_PREPROCESS_SIZE": "256",
-                                     "SKYLARK_PREPROCESS_MAX_PIXELS": "1000000",
-                                     "SKYLARK_PREPROCESS_TILE_MAX_SIDE": "0",
-                                     "SKYLARK_PREPROCESS_FORMATS": "png"})
-    assert s.image == ImageOptions(size=256, max_pixels=1_000_000, tile_max_side=0, formats=("PNG",))
-    assert s.core.node == "n1"
+    env = {"SKYLARK_NODE": "n1", "SKYLARK_PREPROCESS_SIZE": "256", "SKYLARK_PREPROCESS_MAX_PIXELS": "1000000",
+           "SKYLARK_PREPROCESS_TILE_MAX_SIDE": "0", "SKYLARK_PREPROCESS_FORMATS": "png"}
+    assert FunctionSettings.from_env(env).core.node == "n1"
+    with started(Preprocess(), env) as preprocess:
+        assert preprocess.options == ImageOptions(size=256, max_pixels=1_000_000, tile_max_side=0, formats=("PNG",))
+    # the workflow's config for the function, overridden by the environment
+    declared = Config.merged("preprocess", {"size": "128", "tile_max_side": "0"}, {"SKYLARK_PREPROCESS_SIZE": "64"})
+    assert image_options(declared) == ImageOptions(size=64, tile_max_side=0)
     for bad in ({"SKYLARK_PREPROCESS_SIZE": "8"}, {"SKYLARK_PREPROCESS_SIZE": "big"},
                 {"SKYLARK_PREPROCESS_FORMATS": "JPEG,TIFF"}):
-        with pytest.raises(ConfigError):
-            PreprocessSettings.from_env(bad)
+        with pytest.raises(ConfigError, match="preprocess"):
+            with started(Preprocess(), bad):
+                pass
 
 
 # -- input events ------------------------------------------------------------------------------
+# What the SDK does with an input event before ``handle`` (the chain, the envelope, where the
+# input state is), then ``read_image``: where the image of the event is.
 
 
-def test_submission_with_inline_image_trace_and_route():
+def ctx_of(event: BaseCloudEvent, node_state: NodeState | None = None) -> Context:
+    return context(event, Preprocess(), node_state)
+
+
+def derived(source: str, event_id: str) -> str:
+    return "c-" + xxhash.xxh3_64_hexdigest(f"{source}\n{event_id}".encode())
+
+
+def test_submission_with_inline_image_and_trace():
     image = encode(blank())
-    event = new_event(catalogue.IMAGE_SUBMITTED, "/c", {
-        "chain": "c-1", "image_base64": base64.b64encode(image).decode(), "route": ["node-b", "node-c"],
-        "trace": [{"function": "camera"}]})
-    s = read_submission(event)
-    assert (s.chain, s.image, s.ref, s.route, s.trace) == ("c-1", image, None, ["node-b", "node-c"],
-                                                           [{"function": "camera"}])
+    event = new_event(IMAGE_SUBMITTED, "/c", {
+        "chain": "c-1", "image_base64": base64.b64encode(image).decode(),
+        "skylark": {"trace": [{"function": "camera"}]}})
+    ctx = ctx_of(event)
+    assert (ctx.chain, read_image(ctx)) == ("c-1", image)
+    assert trace_of(event.get_data()) == [{"function": "camera"}]
+    assert ctx.json() == {"chain": "c-1", "image_base64": base64.b64encode(image).decode()}  # no envelope
 
 
-def test_submission_by_reference_defaults_to_its_own_chain():
-    event = new_event(catalogue.IMAGE_SUBMITTED, "/c", {
-        "chain": "c-2", "ref": {"function": "camera", "field": "frame", "node": "node-b"}})
-    assert read_submission(event).ref == StateRef("c-2", "camera", "frame", "node-b")
+def test_submission_by_reference_defaults_to_its_own_chain(redis_server, redis_client):
+    frame = encode(chelsea())
+    StateStore(redis_client, node="node-b").put("c-2", "camera", {"frame": frame})
+    StateStore(redis_client, node="node-b").put("c-0", "camera", {"frame": b"other"})
+    state = NodeState(Settings(node="node-b", redis_url=redis_server.url), StaticPeers({}))
+    try:
+        event = new_event(IMAGE_SUBMITTED, "/c", {
+            "chain": "c-2", "ref": {"function": "camera", "field": "frame", "node": "node-b"}})
+        ctx = ctx_of(event, state)
+        assert read_image(ctx) == frame
+        assert (ctx.clock.first_read.location, ctx.clock.first_read.node) == ("local", "node-b")
+        other = new_event(IMAGE_SUBMITTED, "/c", {"chain": "c-2", "ref": {"chain": "c-0", "function": "camera",
+                                                                           "field": "frame"}})
+        assert read_image(ctx_of(other, state)) == b"other"
+    finally:
+        state.close()
 
 
-def test_pingsource_binary_body_derives_the_chain_from_the_event_id():
+def test_pingsource_binary_body_derives_the_chain_from_source_and_id():
     image = encode(blank())
-    event = new_event(catalogue.PING, "/apis/v1/namespaces/default/pingsources/camera", image,
-                      id_="6f2c1a52-1b1e-4f5e-9a34-2f1f6a6f7e11", datacontenttype="image/jpeg")
-    s = read_submission(event)
-    assert s.chain == "ping-6f2c1a52-1b1e-4f5e-9a34-2f1f6a6f7e11" and s.image == image
-    odd = new_event(catalogue.PING, "/p", image, id_="has spaces/and:colons", datacontenttype="image/jpeg")
-    assert read_submission(odd).chain.startswith("ping-")
-    json_ping = new_event(catalogue.PING, "/p", {"image_base64": base64.b64encode(image).decode()}, id_="x1")
-    assert read_submission(json_ping).chain == "ping-x1"
+    source = "/apis/v1/namespaces/default/pingsources/camera"
+    event = new_event(PING, source, image, id_="6f2c1a52-1b1e-4f5e-9a34-2f1f6a6f7e11", datacontenttype="image/jpeg")
+    ctx = ctx_of(event)
+    assert ctx.chain == derived(source, "6f2c1a52-1b1e-4f5e-9a34-2f1f6a6f7e11") and read_image(ctx) == image
+    assert ctx_of(event).chain == ctx.chain  # a redelivery continues the same chain
+    odd = new_event(PING, "/p", image, id_="has spaces/and:colons", datacontenttype="image/jpeg")
+    assert ctx_of(odd).chain == derived("/p", "has spaces/and:colons")
+    json_ping = new_event(PING, "/p", {"image_base64": base64.b64encode(image).decode()}, id_="x1")
+    assert ctx_of(json_ping).chain == derived("/p", "x1") and read_image(ctx_of(json_ping)) == image
+    # no chain named, in any input: derived as well
+    anonymous = new_event(IMAGE_SUBMITTED, "/c", {"image_base64": "AAAA"}, id_="i1")
+    assert ctx_of(anonymous).chain == derived("/c", "i1") and read_image(ctx_of(anonymous)) == bytes(3)
+    binary = new_event(IMAGE_SUBMITTED, "/c", image, id_="i2", datacontenttype="image/png")
+    assert ctx_of(binary).chain == derived("/c", "i2")
 
 
 def test_binary_image_submitted_takes_the_chain_from_the_extension():
     image = encode(blank())
-    event = new_event(catalogue.IMAGE_SUBMITTED, "/c", image, datacontenttype="image/png", skylarkchain="c-3")
-    assert read_submission(event).chain == "c-3"
+    event = new_event(IMAGE_SUBMITTED, "/c", image, datacontenttype="image/png", skylarkchain="c-3")
+    ctx = ctx_of(event)
+    assert ctx.chain == "c-3" and read_image(ctx) == image
+
+
+def test_a_route_in_the_data_is_not_interpreted():
+    event = new_event(IMAGE_SUBMITTED, "/c", {"chain": "c", "image_base64": "AAAA", "route": "node-b"})
+    assert read_image(ctx_of(event)) == bytes(3)
 
 
 @pytest.mark.parametrize(("data", "code"), [
-    ({"image_base64": "AAAA"}, "missing_chain"),
     ({"chain": "bad chain!", "image_base64": "AAAA"}, "invalid_chain"),
     ({"chain": "c"}, "missing_image"),
     ({"chain": "c", "image_base64": "AAAA", "ref": {"function": "f", "field": "x"}}, "ambiguous_image"),
     ({"chain": "c", "image_base64": "not base64 at all!"}, "invalid_image"),
     ({"chain": "c", "image_base64": 42}, "invalid_image"),
     ({"chain": "c", "ref": {"function": "f"}}, "invalid_ref"),
+    ({"chain": "c", "ref": {"function": "f", "field": "x", "node": "not a node"}}, "invalid_ref"),
     ({"chain": "c", "ref": "camera/frame"}, "invalid_ref"),
-    ({"chain": "c", "image_base64": "AAAA", "route": "node-b"}, "invalid_route"),
-    ({"chain": "c", "image_base64": "AAAA", "route": ["ok", "not ok"]}, "invalid_route"),
-    ({"chain": "c", "image_base64": "AAAA", "trace": [1, 2]}, "invalid_trace"),
+    ({"chain": "c", "image_base64": "AAAA", "skylark": {"trace": [1, 2]}}, "invalid_envelope"),
+    ({"chain": "c", "image_base64": "AAAA", "skylark": "x"}, "invalid_envelope"),
+    (["c"], "invalid_event_data"),
 ])
 def test_bad_submissions_are_400_with_a_code(data, code):
     with pytest.raises(ClientError) as info:
-        read_submission(new_event(catalogue.IMAGE_SUBMITTED, "/c", data))
+        read_image(ctx_of(new_event(IMAGE_SUBMITTED, "/c", data)))
     assert (info.value.status, info.value.code) == (400, code)
 
 
-def test_binary_submission_without_chain_and_chain_mismatch_are_400():
-    image = encode(blank())
-    with pytest.raises(ClientError, match="names no chain"):
-        read_submission(new_event(catalogue.IMAGE_SUBMITTED, "/c", image, datacontenttype="image/png"))
-    mismatch = new_event(catalogue.IMAGE_SUBMITTED, "/c", {"chain": "a", "image_base64": "AAAA"}, skylarkchain="b")
+def test_empty_binary_body_and_chain_mismatch_are_400():
     with pytest.raises(ClientError) as info:
-        read_submission(mismatch)
+        read_image(ctx_of(new_event(IMAGE_SUBMITTED, "/c", b"", datacontenttype="image/png")))
+    assert (info.value.status, info.value.code) == (400, "missing_image")
+    mismatch = new_event(IMAGE_SUBMITTED, "/c", {"chain": "a", "image_base64": "AAAA"}, skylarkchain="b")
+    with pytest.raises(ClientError) as info:
+        ctx_of(mismatch)
     assert info.value.code == "chain_mismatch"

@@ -11,6 +11,7 @@ import requests
 
 from eventing.http import to_binary, to_structured
 from eventing.redisstream import encode_stream_event, to_go_binary
+from neighbors_service.placement import seeded_rng
 from handlers.bundle_event import encode_payload, encode_tombstone, propagation_event
 from skylark.state.bundle import Tombstone, make_bundle
 from skylark.state.errors import BundleNotFound
@@ -103,17 +104,23 @@ def test_a_delete_on_a_removes_the_copies_and_a_late_copy_stays_out(cluster_fact
     assert b.wait_for_version(CHAIN, "detect", again.meta.version).checksum == again.meta.checksum
 
 
-def test_with_the_random_policy_a_delete_reaches_every_neighbour_a_push_may_have_picked(cluster_factory):
+def test_with_the_random_policy_a_delete_reaches_every_node_a_push_may_have_picked(cluster_factory):
+    """random draws one node among those reachable (the writer's own included: then nothing
+    moves) with a seed of (chain, function, version): the writer's handlers and any reader draw
+    the same one. A delete goes to every node an earlier push may have reached."""
     cluster = cluster_factory(["node-a", "node-b", "node-c"], [("node-a", "node-b"), ("node-a", "node-c")],
                               policy="random")
-    a, b, c = cluster["node-a"], cluster["node-b"], cluster["node-c"]
-    put = a.store.put(CHAIN, "detect", {"n": b"1"})
-    deadline = time.monotonic() + 10
-    while not any(n.store.local_version(CHAIN, "detect") == put.meta.version for n in (b, c)):
-        assert time.monotonic() < deadline, "the push reached neither neighbour"
-        time.sleep(0.01)
+    a = cluster["node-a"]
+    drawn = {}
+    for _ in range(8):
+        version = a.store.put(CHAIN, "detect", {"n": os.urandom(8)}).meta.version
+        expected = seeded_rng(CHAIN, "detect", version).choice(["node-a", "node-b", "node-c"])  # reachable, in order
+        drawn[version] = expected
+        if expected != "node-a":
+            cluster[expected].wait_for_version(CHAIN, "detect", version)
+    assert {"node-b", "node-c"} <= set(drawn.values()), drawn  # eight draws of three: both neighbours came up
     version = a.store.delete(CHAIN, "detect")
-    for node in (b, c):  # the one that got the copy and the one that did not
+    for node in (cluster["node-b"], cluster["node-c"]):
         _wait_deleted(node, CHAIN, "detect", version)
 
 
@@ -218,11 +225,20 @@ def test_signed_propagation_and_forged_events(cluster_factory):
     forged = make_bundle(CHAIN, "detect", {"n": b"evil"}, version=99, node="node-a", updated_ms=1)
     payload = encode_payload(forged, origin="node-a", inline_max_bytes=1 << 20, sign=True)
     forged_delete = encode_tombstone(Tombstone(CHAIN, "detect", 99, "node-a", 1), origin="node-a")
+    keys_before = set(b.store.client.keys("*"))
+    # unsigned: 401 (not authenticated); signed with another key, or a signature that is not
+    # even hex (a Latin-1 header): 403 (authenticated, not trusted); nothing written either way
     for forged_payload in (payload, forged_delete):
-        for signing_key in (None, b"wrong-key-but-long-enough"):
+        for signing_key, status, error in ((None, 401, "missing_signature"),
+                                           (b"wrong-key-but-long-enough", 403, "invalid_signature")):
             answer = b.post(*to_binary(propagation_event(forged_payload, "node-b", signing_key)))
-            assert answer.status_code == 401
-            assert answer.json()["error"] == "invalid_signature"
+            assert (answer.status_code, answer.json()["error"]) == (status, error), answer.text
+            assert answer.json()["detail"]
+        headers, body = to_binary(propagation_event(forged_payload, "node-b", key))
+        for bad in ("\xff" * 64, "0" * 64, headers["ce-skylarksignature"].upper(), "nothex"):
+            answer = b.post({**headers, "ce-skylarksignature": bad}, body)
+            assert (answer.status_code, answer.json()["error"]) == (403, "invalid_signature"), answer.text
+    assert set(b.store.client.keys("*")) == keys_before
     assert b.meta(CHAIN, "detect").version == result.meta.version
     # a signed tombstone from A (its real delete) is accepted
     version = a.store.delete(CHAIN, "detect")

@@ -129,6 +129,14 @@ def test_seeded_random_policy_is_reproducible(serve):
         ("/nodes/nope", 404, "unknown_node"),
         ("/neighbors?node=nope", 404, "unknown_node"),
         ("/topology?snapshot=x", 400, "invalid_parameter"),
+        # str.isdigit() passed "²" (then int() raised: a 500) and int() read "١٢" as 12
+        ("/elect?to=pi5u1&size=%C2%B2", 400, "invalid_parameter"),
+        ("/elect?to=pi5u1&size=%D9%A1%D9%A2", 400, "invalid_parameter"),
+        ("/elect?to=pi5u1&size=1_000", 400, "invalid_parameter"),
+        ("/elect?to=pi5u1&size=%2012", 400, "invalid_parameter"),
+        ("/elect?to=pi5u1&size=1000000000000000000000000000000", 400, "invalid_parameter"),
+        ("/propagation-targets?node=pi5u2&size=9223372036854775808", 400, "invalid_parameter"),
+        ("/topology?snapshot=%C2%B2", 400, "invalid_parameter"),
         ("/topology?snapshot=7", 404, "unknown_snapshot"),
         ("/no-such-route", 404, "not_found"),
     ],
@@ -144,7 +152,8 @@ def test_bad_requests_get_json_errors(service, path, status, code):
     "body",
     [None, "not json", [], {}, {"max_latency": 0}, {"max_latency": -3}, {"max_latency": "fast"},
      {"max_latency": True}, {"min_bandwidth": -1}, {"max_latency_ms": 100}, "{\"max_latency\": 1e999}",
-     "{\"max_latency\": NaN}"],
+     "{\"max_latency\": NaN}", "{\"max_latency\": Infinity}", {"max_latency": 10**400},
+     "[" * 10_000 + "]" * 10_000, "{\"max_latency\": 1, \"min_bandwidth\": [[[[[]]]]]}"],
 )
 def test_put_slo_validation(service, body):
     served, client = service
@@ -155,6 +164,17 @@ def test_put_slo_validation(service, body):
         r = requests.put(f"{served.url}/slo", json=body, timeout=2)
     assert r.status_code == 400 and r.json()["error"] == "invalid_slo"
     assert client.slo() == SLO(500, 10)   # unchanged
+
+
+def test_put_slo_wants_json_and_a_small_body(service):
+    served, client = service
+    r = requests.put(f"{served.url}/slo", data=b'{"max_latency": 100}', headers={"Content-Type": "text/plain"},
+                     timeout=2)
+    assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type"
+    big = b'{"max_latency": 100' + b" " * (64 * 1024) + b"}"
+    r = requests.put(f"{served.url}/slo", data=big, headers={"Content-Type": "application/json"}, timeout=2)
+    assert r.status_code == 413 and r.json()["error"] == "request_entity_too_large"
+    assert client.slo() == SLO(500, 10)
 
 
 def test_concurrent_slo_updates_leave_a_consistent_value(service):

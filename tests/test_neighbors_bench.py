@@ -8,7 +8,9 @@ from bench import elect as bench_elect
 def test_bench_elect_runs_and_prints_the_thesis_figures(capsys):
     assert bench_elect.main(["--sizes", "10,100", "--repeat", "5"]) == 0
     out = capsys.readouterr().out
-    assert "elect p50" in out and "floor p50" in out and "thesis (Rust)" in out
+    assert "Full election" in out and "floor p50" in out and "thesis" in out
+    assert "Data-path decision" in out and "= elect" in out
+    assert max(len(line) for line in out.splitlines()) <= 80  # readable in an 80-column terminal
     assert "13.000" in out   # the thesis's 100-node figure, beside ours
 
 

@@ -407,3 +407,17 @@ def test_a_tombstone_for_state_never_held_here_still_guards_the_version(store):
     newer = make_bundle("c", "f", {"a": b"y"}, version=5, node="node-b", updated_ms=10)
     assert store.apply(newer).outcome is ApplyOutcome.APPLIED
     assert store.get_bundle("c", "f").fields == {"a": b"y"}
+
+
+def test_a_copy_at_the_int64_ceiling_refuses_the_next_write_cleanly(store, redis_client):
+    from skylark.state.bundle import make_bundle
+    from skylark.state.errors import VersionConflict, VersionsExhausted
+    from skylark.state.numbers import INT64_MAX
+
+    store.apply(make_bundle("c-max", "f", {"x": b"1"}, version=INT64_MAX, node="elsewhere", updated_ms=1))
+    before = {k: redis_client.dump(k) for k in redis_client.keys("*")}
+    for write in (lambda: store.put("c-max", "f", {"x": b"2"}), lambda: store.delete("c-max", "f")):
+        with pytest.raises(VersionsExhausted, match="largest an int64 holds") as info:
+            write()
+        assert isinstance(info.value, VersionConflict) and info.value.code == "versions_exhausted"
+    assert {k: redis_client.dump(k) for k in redis_client.keys("*")} == before  # nothing half-written

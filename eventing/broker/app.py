@@ -13,8 +13,11 @@
 | ``SKYLARK_CHART_VALUES`` | the repository's chart | values.yaml to read the Triggers from |
 
 Ingress answers 202 once the event is accepted (deliveries happen later, on the worker pool), 400
-with ``{"error", "detail"}`` for anything that is not a CloudEvent, 404 for another broker's path
-and 503 when too many deliveries are unfinished.
+with ``{"error", "detail"}`` for anything that is not a CloudEvent (``eventing.http.parse``: missing
+or invalid attributes, structured bodies that are not bounded JSON), 404 for another broker's
+path, 413 for a body above :data:`MAX_EVENT_BYTES` (before reading it when it has a
+Content-Length, one byte past the limit when chunked) and 503 when too many deliveries are
+unfinished. A binary-mode body is not parsed at all: it is forwarded as it came.
 """
 
 from __future__ import annotations
@@ -33,13 +36,17 @@ from prometheus_client import CollectorRegistry
 from eventing import wiring
 from eventing.broker.dispatcher import BrokerBusy, Dispatcher, validate_services
 from eventing.broker.triggers import Trigger, load_trigger_objects, parse_triggers
-from eventing.http import InvalidEvent, parse
-from skylark.state.errors import ConfigError
+from eventing.http import MAX_ATTRIBUTES, MAX_EVENT_BYTES, InvalidEvent, parse
 from skylark.serving.logs import configure_logging
-from skylark.serving.web import ClientError, health_blueprint, install_error_handlers
+from skylark.serving.web import ClientError, health_blueprint, install_error_handlers, read_body
+from skylark.state.errors import ConfigError
+from skylark.state.numbers import parse_int
 
-MAX_EVENT_BYTES = 80 * 1024 * 1024  # a 64 MiB bundle inline, plus its encoding
 EXTENSION_KEY = "skylark_broker"
+# What the broker adds to an event on its way (knativearrivaltime; on a dead letter also
+# knativeerrorcode, knativeerrordest, knativeerrordata): ingress leaves room for them, so that
+# whatever it accepts, subscribers and the dead-letter sink (parse's own limit) accept as well.
+_OWN_EXTENSIONS = 4
 
 
 @dataclass(frozen=True)
@@ -77,9 +84,10 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if not raw:
         return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"{name}={raw!r} must be a positive integer")
-    return int(raw)
+    try:
+        return parse_int(raw, name, minimum=1)  # ASCII digits: isdigit() also passes "²"
+    except ValueError:
+        raise ConfigError(f"{name}={raw[:40]!r} must be a positive integer") from None
 
 
 def resolve_triggers(config: BrokerConfig,
@@ -116,11 +124,12 @@ def ingress_blueprint() -> Blueprint:
         if (namespace, broker) != (dispatcher.namespace, dispatcher.broker):
             raise ClientError(404, "unknown_broker",
                               f"this is broker {dispatcher.namespace}/{dispatcher.broker}, not {namespace}/{broker}")
-        body = request.get_data(cache=False)
+        body = read_body()  # MAX_EVENT_BYTES: 413 before reading, also for chunked bodies
         binary = any(k.lower().startswith("ce-") for k in request.headers.keys())
         try:
             # Routing needs only the attributes; a binary-mode body is forwarded as it came.
-            event = parse(request.headers, body, decode_data=not binary)
+            event = parse(request.headers, body, decode_data=not binary,
+                          max_attributes=MAX_ATTRIBUTES - _OWN_EXTENSIONS)
         except InvalidEvent as exc:
             raise ClientError(400, exc.code, exc.detail) from None
         try:

@@ -34,7 +34,9 @@ from eventing.broker.triggers import Trigger
 from eventing.dataplane import is_retryable, is_success
 from eventing.http import InvalidEvent, parse, to_binary
 from eventing.publisher import PublishOutcome, Publisher
+from skylark.serving.limits import BoundedLabels
 from skylark.state.errors import ConfigError
+from skylark.state.numbers import parse_int
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ class _Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.ingress = Counter("skylark_broker_ingress_events", "Events accepted at ingress",
                                ["type"], registry=registry)
+        self.type_label = BoundedLabels()  # clients choose event types: bounded series
         self.deliveries = Counter("skylark_broker_deliveries", "Delivery attempts by outcome",
                                   ["trigger", "outcome"], registry=registry)
         self.in_flight = Gauge("skylark_broker_in_flight", "Deliveries not finished yet", registry=registry)
@@ -166,7 +169,7 @@ class Dispatcher:
                 self.stats.unmatched += 1
             self._in_flight += len(items)
             self.metrics.in_flight.set(self._in_flight)
-        self.metrics.ingress.labels(event.get_type()).inc()
+        self.metrics.ingress.labels(self.metrics.type_label(event.get_type())).inc()
         for item in items:
             self._queue.put(item)
         return len(items)
@@ -337,12 +340,15 @@ class Dispatcher:
 
 
 def _ttl_of(event: BaseCloudEvent, default: int) -> int:
+    """The event's ``knativebrokerttl``, else ``default``; a value that is not a plain number in
+    [0, default] (int() would read "١٢", " 12" and 10**30) is replaced by the default, as an
+    absent one: a sender can lower its own TTL, never raise it past the broker's."""
     raw = event.get_extension(EXT_TTL)
     if raw is None:
         return default
     try:
-        return int(raw)
-    except (TypeError, ValueError):
+        return parse_int(raw, EXT_TTL, minimum=0, maximum=default)
+    except ValueError:
         return default
 
 

@@ -1,14 +1,17 @@
-"""``skylark up``: a local Skylark cluster from a topology file, on one machine.
+"""``skylark up``: a local Skylark cluster for a declared workflow, on one machine.
 
-For each node of the topology: a redis-server, the handlers, the three example functions and the
-node's broker (each under gunicorn), and an agent running the local stream source on the node's
-change stream (and the warm-up PingSource). One neighbors service serves the topology, with the
-addresses allocated here. The wiring — which event type goes to which service, the change
-stream and its consumer group, the warm-up schedule — is read from the Helm chart's values
-(:mod:`eventing.wiring`), the same definitions the chart renders its Knative objects from.
+For each node of the topology: a redis-server, the handlers, the node's broker and the
+workflow's functions that run there (pinned to the node, or placed on any node), each under
+gunicorn, and an agent running the local stream source on the node's change stream (and the
+warm-up PingSource). One neighbors service serves the topology with the addresses allocated
+here; one dead-letter sink takes what the brokers give up on; one observer collects the events
+that end the workflow (``Workflow.terminal_types``), for ``skylark run`` and the demo.
 
-Without network emulation everything listens on 127.0.0.1 (free ports); with it each node runs
-in its own network namespace (:mod:`skylark.runtime.netem`) and other nodes reach it over shaped links.
+The wiring — which event type goes to which service, the change stream and its consumer group,
+the delivery policy, the warm-up — is read from the Helm chart's values (:mod:`eventing.wiring`)
+with the workflow given here in place of the chart's, the same definitions the chart renders
+its Knative objects from. Without network emulation everything listens on 127.0.0.1; with it
+each node runs in its own network namespace (:mod:`skylark.runtime.netem`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -30,21 +34,45 @@ from rich.table import Table
 
 from eventing import wiring
 from skylark.runtime.embedded import EmbeddedRedis, find_redis_server, free_port, port_is_free
-from skylark.state.errors import ConfigError
 from skylark.runtime.netem import LinkSpec, NetworkEmulation
 from skylark.runtime.procs import Child, http_ready, stop_all, wait_ready
-from skylark.runtime.serve import gunicorn_argv
+from skylark.serving.serve import gunicorn_argv
+from skylark.state.errors import ConfigError
+from skylark.workflow import Workflow, load_workflow
+from skylark.workflow.model import slug
 
-GUNICORN_SERVICES = ("handlers", "preprocess", "detect", "alarm", "broker")
 NAMESPACE = "default"
 # Fixed ports inside each node's own network namespace (emulation); without it, free ports.
-NS_PORTS = {"redis": 6379, "handlers": 8080, "preprocess": 8081, "detect": 8082, "alarm": 8083, "broker": 8084}
+NS_PORTS = {"redis": 6379, "handlers": 8080, "broker": 8084}
+NS_FUNCTION_PORT = 8100  # + the function's index in the workflow
 # Where other nodes reach a node's Redis and broker when a relay adds the link delay.
 RELAY_PORTS = {"redis": 16379, "broker": 18084}
+NODE_SERVICES = ("redis", "handlers", "broker")  # every node has these; then its functions
+CLUSTER_SERVICES = ("neighbors", "dead-letter", "observer")
+STATE_FILE_ENV = "SKYLARK_CLUSTER_FILE"
 
 
 def default_topology_path() -> Path:
     return Path(str(importlib.util.find_spec("neighbors_service").submodule_search_locations[0])) / "topologies" / "demo3.yaml"
+
+
+def default_workflow_path() -> Path:
+    from ex_workflows import example_path  # noqa: PLC0415 - the example is the default only
+
+    return example_path("image-alarm")
+
+
+def state_file() -> Path:
+    """Where a running ``skylark up`` says where it is (for ``skylark run``)."""
+    if os.environ.get(STATE_FILE_ENV):
+        return Path(os.environ[STATE_FILE_ENV])
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    return base / f"skylark-up-{os.getuid()}.json"
+
+
+def function_key(name: str) -> str:
+    """The service key of a workflow function in a node's port map (``fn:<name>``)."""
+    return f"fn:{name}"
 
 
 @dataclass
@@ -58,28 +86,40 @@ class NodeRuntime:
     peer_host: str = "127.0.0.1"        # how other nodes reach it
     peer_ports: dict[str, int] = field(default_factory=dict)
     netns: str | None = None
-    neighbors_host: str = "127.0.0.1"   # how it reaches the neighbors service
+    cluster_host: str = "127.0.0.1"     # how it reaches the cluster-wide services
     redis: EmbeddedRedis | None = None
 
+    def _host(self, view: str) -> str:
+        return {"supervisor": self.supervisor_host, "inside": self.inside_host, "peer": self.peer_host}[view]
+
+    def _port(self, service: str, view: str) -> int:
+        return self.peer_ports.get(service, self.ports[service]) if view == "peer" else self.ports[service]
+
     def url(self, service: str, *, view: str = "supervisor") -> str:
-        host = {"supervisor": self.supervisor_host, "inside": self.inside_host, "peer": self.peer_host}[view]
-        port = self.peer_ports.get(service, self.ports[service]) if view == "peer" else self.ports[service]
-        return f"http://{host}:{port}"
+        return f"http://{self._host(view)}:{self._port(service, view)}"
 
     def redis_url(self, *, view: str = "supervisor") -> str:
-        host = {"supervisor": self.supervisor_host, "inside": self.inside_host, "peer": self.peer_host}[view]
-        port = self.peer_ports.get("redis", self.ports["redis"]) if view == "peer" else self.ports["redis"]
-        return f"redis://{host}:{port}/0"
+        return f"redis://{self._host(view)}:{self._port('redis', view)}/0"
+
+    @property
+    def functions(self) -> list[str]:
+        return [key.removeprefix("fn:") for key in self.ports if key.startswith("fn:")]
 
 
 class LocalCluster:
-    def __init__(self, topology_path: str | Path | None = None, *, policy: str = "skylark",
-                 emulate_network: bool = False, workers: int = 1, threads: int = 4,
+    def __init__(self, topology_path: str | Path | None = None, *, workflow: Workflow | str | Path | None = None,
+                 policy: str | None = None, emulate_network: bool = False, workers: int = 1, threads: int = 4,
                  base_port: int | None = None, chart_values: str | Path | None = None,
                  console: Console | None = None, log_level: str = "WARNING",
-                 extra_env: Mapping[str, str] | None = None) -> None:
+                 extra_env: Mapping[str, str] | None = None, snapshot: int | None = None) -> None:
         self.topology_path = Path(topology_path or default_topology_path())
-        self.policy = policy
+        self.snapshot = snapshot
+        if workflow is None or isinstance(workflow, (str, Path)):
+            self.workflow_source = str(workflow or default_workflow_path())
+            workflow = load_workflow(self.workflow_source)
+        else:
+            self.workflow_source = f"<workflow {workflow.name}>"
+        self.workflow = workflow.with_policy(policy) if policy else workflow
         self.emulate_network = emulate_network
         self.workers = workers
         self.threads = threads
@@ -91,14 +131,21 @@ class LocalCluster:
         self.stream_key, self.stream_group = wiring.stream_from_values(self.values)
         self.broker_name = wiring.broker_from_values(self.values)
         self.workdir = Path(tempfile.mkdtemp(prefix="skylark-up-"))
+        # Propagation events are signed, as the chart does: a key per cluster, so that nobody who
+        # merely reaches a handler can push state into a node (unsigned or forged: 401 / 403).
+        self.signing_key = secrets.token_hex(32)
         self.document = self._read_topology()
         self.node_names = [n["name"] for n in self.document["nodes"]]
+        self.workflow.check_nodes(self.node_names, self.workflow_source)
         self.nodes: dict[str, NodeRuntime] = {}
         self.children: list[Child] = []
         self.emulation: NetworkEmulation | None = None
-        self.neighbors_port = 0
-        self.dead_letter_port = 0
+        self.cluster_ports: dict[str, int] = {}
         self._started = False
+
+    @property
+    def policy(self) -> str:
+        return self.workflow.policy
 
     # -- plan -----------------------------------------------------------------------------
 
@@ -115,51 +162,78 @@ class LocalCluster:
         from neighbors_service.sources.file import parse_topology_document
 
         _, _, self._snapshots = parse_topology_document(document, str(self.topology_path))
+        if self.snapshot is not None:
+            # One snapshot for the whole run: its links join the common ones, nothing rotates.
+            snapshots = document.get("snapshots") or [[]]
+            if not 0 <= self.snapshot < len(snapshots):
+                raise ConfigError(f"--snapshot {self.snapshot}: {self.topology_path} has snapshots 0..{len(snapshots) - 1}")
+            document = {k: v for k, v in document.items() if k not in ("snapshots", "snapshot_interval_s", "epoch_s")}
+            document["links"] = [*(document.get("links") or []), *snapshots[self.snapshot]]
+            self._snapshots = (self._snapshots[self.snapshot],)
         return document
 
     def _links(self) -> list[LinkSpec]:
         """The links to emulate: the first snapshot's (the emulation is static for a run)."""
         return [LinkSpec(l.a, l.b, l.latency_ms, l.bandwidth_mbps) for l in self._snapshots[0].links]
 
+    def _node_services(self, node: str) -> list[str]:
+        return [*NODE_SERVICES, *(function_key(f.name) for f in self.workflow.placed_on(node))]
+
+    def ports_needed(self) -> int:
+        """How many consecutive ports ``--base-port`` needs for this topology and workflow."""
+        return sum(len(self._node_services(n)) for n in self.node_names) + len(CLUSTER_SERVICES)
+
     def _allocate(self) -> None:
         if self.emulate_network:
             self.emulation = NetworkEmulation(self.node_names, self._links()).setup()
             relay = not self.emulation.netem
+            index = {f.name: i for i, f in enumerate(self.workflow.functions)}
             for name, net in self.emulation.nodes.items():
+                ports = dict(NS_PORTS)
+                ports.update({function_key(f.name): NS_FUNCTION_PORT + index[f.name]
+                              for f in self.workflow.placed_on(name)})
                 self.nodes[name] = NodeRuntime(
-                    name, dict(NS_PORTS), supervisor_host=net.mgmt_addr, peer_host=net.node_addr,
-                    peer_ports=dict(RELAY_PORTS) if relay else {}, netns=net.netns,
-                    neighbors_host=net.host_addr)
-            self.neighbors_port, self.dead_letter_port = free_port(), free_port()
+                    name, ports, supervisor_host=net.mgmt_addr, peer_host=net.node_addr,
+                    peer_ports=dict(RELAY_PORTS) if relay else {}, netns=net.netns, cluster_host=net.host_addr)
+            self.cluster_ports = {s: free_port() for s in CLUSTER_SERVICES}
             return
         next_port = self.base_port
+
+        def take(what: str) -> int:
+            nonlocal next_port
+            if next_port is None:
+                return free_port()
+            if not port_is_free(next_port):
+                raise ConfigError(f"port {next_port} (for {what}) is already in use")
+            next_port += 1
+            return next_port - 1
+
         for name in self.node_names:
-            ports = {}
-            for service in ("redis", *GUNICORN_SERVICES):
-                if next_port is None:
-                    ports[service] = free_port()
-                else:
-                    if not port_is_free(next_port):
-                        raise ConfigError(f"port {next_port} (for {service} of {name}) is already in use")
-                    ports[service] = next_port
-                    next_port += 1
-            self.nodes[name] = NodeRuntime(name, ports)
-        if next_port is None:
-            self.neighbors_port, self.dead_letter_port = free_port(), free_port()
-        else:
-            for port, what in ((next_port, "the neighbors service"), (next_port + 1, "the dead-letter sink")):
-                if not port_is_free(port):
-                    raise ConfigError(f"port {port} (for {what}) is already in use")
-            self.neighbors_port, self.dead_letter_port = next_port, next_port + 1
+            self.nodes[name] = NodeRuntime(name, {s: take(f"{s} of {name}") for s in self._node_services(name)})
+        self.cluster_ports = {s: take(f"the {s} service") for s in CLUSTER_SERVICES}
 
     def broker_ingress(self, node: str, *, view: str = "supervisor") -> str:
         return f"{self.nodes[node].url('broker', view=view)}/{NAMESPACE}/{self.broker_name}"
 
-    def neighbors_url(self, node: str | None = None) -> str:
-        host = self.nodes[node].neighbors_host if node else "127.0.0.1"
-        if self.emulation and node is None:
+    def cluster_url(self, service: str, node: str | None = None) -> str:
+        """A cluster-wide service (neighbors, dead-letter, observer), as ``node`` (or the
+        supervisor, when None) reaches it."""
+        if node is not None:
+            host = self.nodes[node].cluster_host
+        elif self.emulation:
             host = next(iter(self.emulation.nodes.values())).host_addr
-        return f"http://{host}:{self.neighbors_port}"
+        else:
+            host = "127.0.0.1"
+        return f"http://{host}:{self.cluster_ports[service]}"
+
+    def neighbors_url(self, node: str | None = None) -> str:
+        return self.cluster_url("neighbors", node)
+
+    def observer_url(self) -> str:
+        return self.cluster_url("observer")
+
+    def function_url(self, function: str, node: str) -> str:
+        return self.nodes[node].url(function_key(function))
 
     def _write_topology(self) -> Path:
         document = json.loads(json.dumps(self.document))
@@ -171,8 +245,20 @@ class LocalCluster:
         path.write_text(yaml.safe_dump(document, sort_keys=False))
         return path
 
+    def _write_workflow(self) -> Path:
+        path = self.workdir / "workflow.json"
+        path.write_text(json.dumps(self.workflow.to_document(), indent=1))
+        return path
+
     def _write_triggers(self, node: str) -> Path:
-        triggers = wiring.triggers_from_values(self.values, namespace=NAMESPACE, nodes=[node])
+        triggers = wiring.triggers_from_values(self.values, namespace=NAMESPACE, nodes=[node], workflow=self.workflow)
+        observer = f"{self.cluster_url('observer', node)}/"
+        for event_type in self.workflow.terminal_types():
+            triggers.append({
+                "apiVersion": wiring.TRIGGER_API_VERSION, "kind": "Trigger",
+                "metadata": {"name": f"observer-{slug(event_type)}"[:63].rstrip("-"), "namespace": NAMESPACE},
+                "spec": {"broker": self.broker_name, "filter": {"attributes": {"type": event_type}},
+                         "subscriber": {"uri": observer}}})
         path = self.workdir / f"triggers-{node}.yaml"
         path.write_text(yaml.safe_dump_all(triggers, sort_keys=False))
         return path
@@ -186,6 +272,7 @@ class LocalCluster:
             "SKYLARK_THREADS": str(self.threads),
             "SKYLARK_LOG_LEVEL": self.log_level,
             "SKYLARK_CHANGE_STREAM": self.stream_key,
+            "SKYLARK_SIGNING_KEY": self.signing_key,
             "PYTHONUNBUFFERED": "1",
         })
         env.update(self.extra_env)
@@ -204,15 +291,18 @@ class LocalCluster:
             "SKYLARK_REDIS_URL": node.redis_url(view="inside"),
             "SKYLARK_NEIGHBORS_URL": self.neighbors_url(node.name),
             "SKYLARK_POLICY": self.policy,
+            "SKYLARK_WORKFLOW": str(self.workdir / "workflow.json"),
         })
-        if service in ("preprocess", "detect", "alarm"):
-            env["K_SINK"] = self.broker_ingress(node.name, view="inside")
+        if service.startswith("fn:"):
+            spec = self.workflow.function(service.removeprefix("fn:"))
+            env.update({"SKYLARK_FUNCTION": spec.entry, "SKYLARK_FUNCTION_NAME": spec.name,
+                        "K_SINK": self.broker_ingress(node.name, view="inside")})
         if service == "broker":
             services = {wiring.handlers_service(node.name): node.url("handlers", view="inside"),
-                        "handlers": node.url("handlers", view="inside")}
-            for fn in ("preprocess", "detect", "alarm"):
-                services[fn] = node.url(fn, view="inside")
-            services["dead-letter"] = f"http://{node.neighbors_host}:{self.dead_letter_port}"
+                        "handlers": node.url("handlers", view="inside"),
+                        "dead-letter": self.cluster_url("dead-letter", node.name)}
+            for fn in node.functions:
+                services[wiring.function_service(fn)] = node.url(function_key(fn), view="inside")
             env.update({
                 "SKYLARK_BROKER_TRIGGERS": str(self._write_triggers(node.name)),
                 "SKYLARK_BROKER_SERVICES": json.dumps(services),
@@ -220,6 +310,13 @@ class LocalCluster:
                 "SKYLARK_BROKER_NAME": self.broker_name,
             })
         return env
+
+    def _child(self, node: NodeRuntime, service: str, base: dict[str, str], logs: Path, probe: str) -> Child:
+        name = f"{service.removeprefix('fn:')}@{node.name}"
+        kind = "function" if service.startswith("fn:") else service
+        log_name = f"{node.name}-{service.replace(':', '-')}.log"
+        return Child(name, gunicorn_argv(kind), self._service_env(node, service, base), logs / log_name,
+                     netns=node.netns, ready=http_ready(f"{node.url(service)}/{probe}"))
 
     def _spawn(self, child: Child) -> Child:
         self.children.append(child)
@@ -237,6 +334,14 @@ class LocalCluster:
             raise
         return self
 
+    def _cluster_child(self, service: str, base: dict[str, str], logs: Path, extra: Mapping[str, str]) -> Child:
+        port = self.cluster_ports[service]
+        binds = ([f"{n.cluster_host}:{port}" for n in self.nodes.values()] if self.emulation
+                 else [f"127.0.0.1:{port}"])
+        env = {**base, "PORT": str(port), "SKYLARK_BIND": ",".join(binds), **extra}
+        return Child(service, gunicorn_argv(service), env, logs / f"{service}.log",
+                     ready=http_ready(f"{self.cluster_url(service)}/healthz"))
+
     def _start(self) -> None:
         self._allocate()
         base = self._base_env()
@@ -245,54 +350,42 @@ class LocalCluster:
             bind = "0.0.0.0" if node.netns else node.inside_host
             node.redis = EmbeddedRedis(port=node.ports["redis"], host=node.supervisor_host, bind=bind,
                                        netns=node.netns).start()
-
         topology_file = self._write_topology()
-        nb_env = dict(base)
-        binds = ([f"{n.neighbors_host}:{self.neighbors_port}" for n in self.nodes.values()]
-                 if self.emulation else [f"127.0.0.1:{self.neighbors_port}"])
-        # One worker: the SLO set by PUT /slo lives in the process (see neighbors_service/README.md).
-        nb_env.update({"PORT": str(self.neighbors_port), "SKYLARK_BIND": ",".join(binds), "SKYLARK_WORKERS": "1",
-                       "SKYLARK_TOPOLOGY_SOURCE": "file", "SKYLARK_TOPOLOGY_FILE": str(topology_file)})
-        neighbors = self._spawn(Child("neighbors", gunicorn_argv("neighbors"), nb_env, logs / "neighbors.log",
-                                      ready=http_ready(f"{self.neighbors_url()}/readyz")))
-
-        dl_env = dict(base)
-        dl_binds = ([f"{n.neighbors_host}:{self.dead_letter_port}" for n in self.nodes.values()]
-                    if self.emulation else [f"127.0.0.1:{self.dead_letter_port}"])
-        dl_env.update({"PORT": str(self.dead_letter_port), "SKYLARK_BIND": ",".join(dl_binds)})
-        dead_letter = self._spawn(Child("dead-letter", gunicorn_argv("dead-letter"), dl_env, logs / "dead-letter.log",
-                                        ready=http_ready(f"http://{dl_binds[0]}/healthz")))
-
-        started = [neighbors, dead_letter]
+        self._write_workflow()
+        started = [
+            # One worker each: the SLO set by PUT /slo, and the observer's events, live in the process.
+            self._spawn(self._cluster_child("neighbors", base, logs, {
+                "SKYLARK_WORKERS": "1", "SKYLARK_TOPOLOGY_SOURCE": "file",
+                "SKYLARK_TOPOLOGY_FILE": str(topology_file)})),
+            self._spawn(self._cluster_child("dead-letter", base, logs, {})),
+            self._spawn(self._cluster_child("observer", base, logs, {"SKYLARK_WORKERS": "1", "SKYLARK_THREADS": "16"})),
+        ]
         for node in self.nodes.values():
-            for service in GUNICORN_SERVICES:
-                child = Child(f"{service}@{node.name}", gunicorn_argv(service),
-                              self._service_env(node, service, base), logs / f"{node.name}-{service}.log",
-                              netns=node.netns, ready=http_ready(f"{node.url(service)}/healthz"))
-                started.append(self._spawn(child))
+            for service in self._node_services(node.name):
+                if service != "redis":
+                    started.append(self._spawn(self._child(node, service, base, logs, "healthz")))
             started.append(self._spawn(self._agent(node, base, logs)))
             if node.peer_ports:
                 started.append(self._spawn(self._relay(node, base, logs)))
         wait_ready(started, timeout_s=90)
-        # The handlers' readiness includes Redis; probe it once everything answers.
-        wait_ready([Child(f"handlers@{n.name}", [], {}, logs / "unused.log",
-                          ready=http_ready(f"{n.url('handlers')}/readyz")) for n in self.nodes.values()], 30)
+        # Readiness includes Redis (and a function's own models); probe it once everything answers.
+        wait_ready([Child(f"{s}@{n.name}", [], {}, logs / "unused.log", ready=http_ready(f"{n.url(s)}/readyz"))
+                    for n in self.nodes.values() for s in self._node_services(n.name) if s != "redis"], 60)
 
     def _agent(self, node: NodeRuntime, base: dict[str, str], logs: Path) -> Child:
-        ping = self.values.get("ping") or {}
         argv = [sys.executable, "-m", "skylark.runtime.agent",
                 "--redis", node.redis_url(view="inside"),
                 "--address", node.redis_url(view="peer").rsplit("/", 1)[0],
                 "--stream", self.stream_key, "--group", self.stream_group,
                 "--consumer", f"{node.name}-source",
                 "--sink", node.url("handlers", view="inside") + "/"]
-        if ping.get("enabled"):
-            argv += ["--ping-schedule", str(ping.get("schedule", "*/1 * * * *")),
-                     "--ping-data", str(ping.get("data", "")),
-                     "--ping-content-type", str(ping.get("contentType", "application/json")),
-                     "--ping-name", str(ping.get("name", "warmup"))]
-            if ping.get("timezone"):
-                argv += ["--ping-timezone", str(ping["timezone"])]
+        for ping in wiring.pingsources_from_values(self.values, NAMESPACE, nodes=[node.name], workflow=self.workflow):
+            spec = ping["spec"]
+            argv += ["--ping-schedule", spec["schedule"], "--ping-data", spec.get("data", ""),
+                     "--ping-content-type", spec.get("contentType", "application/json"),
+                     "--ping-name", ping["metadata"]["name"]]
+            if spec.get("timezone"):
+                argv += ["--ping-timezone", spec["timezone"]]
         return Child(f"agent@{node.name}", argv, dict(base), logs / f"{node.name}-agent.log", netns=node.netns,
                      ready=None)
 
@@ -306,20 +399,23 @@ class LocalCluster:
                 argv += ["--delay", f"{other.peer_host}={latency:g}"]
         return Child(f"relay@{node.name}", argv, dict(base), logs / f"{node.name}-relay.log", netns=node.netns)
 
-    def restart(self, service: str, *, policy: str | None = None) -> None:
-        """Restart one service on every node (e.g. the handlers with another policy)."""
-        if policy is not None:
-            self.policy = policy
+    def set_policy(self, policy: str) -> None:
+        """Run the workflow under another policy: the handlers and the functions of every node
+        restart with it (the state stays)."""
+        if policy == self.policy:
+            return
+        self.workflow = self.workflow.with_policy(policy)
+        self._write_workflow()
         base = self._base_env()
         restarted = []
         for node in self.nodes.values():
-            name = f"{service}@{node.name}"
-            old = next(c for c in self.children if c.name == name)
-            old.stop()
-            self.children.remove(old)
-            child = Child(name, gunicorn_argv(service), self._service_env(node, service, base),
-                          old.log_path, netns=node.netns, ready=http_ready(f"{node.url(service)}/readyz"))
-            restarted.append(self._spawn(child))
+            for service in self._node_services(node.name):
+                if service in ("redis", "broker"):
+                    continue
+                old = next(c for c in self.children if c.name == f"{service.removeprefix('fn:')}@{node.name}")
+                old.stop()
+                self.children.remove(old)
+                restarted.append(self._spawn(self._child(node, service, base, old.log_path.parent, "readyz")))
         wait_ready(restarted, timeout_s=60)
 
     def stop(self) -> None:
@@ -342,38 +438,54 @@ class LocalCluster:
 
     # -- reporting ------------------------------------------------------------------------
 
+    def describe(self) -> dict:
+        """Where everything is, as ``skylark run`` needs it (written to :func:`state_file`)."""
+        return {
+            "pid": os.getpid(), "workflow": self.workflow.to_document(), "workflow_source": self.workflow_source,
+            "topology": str(self.topology_path), "observer_url": self.observer_url(),
+            "emulated": self.emulation is not None,
+            "nodes": {name: {"broker_ingress": self.broker_ingress(name), "redis_url": node.redis_url(),
+                             "functions": node.functions}
+                      for name, node in self.nodes.items()},
+        }
+
     def endpoints_table(self) -> Table:
-        table = Table(title=f"Skylark local cluster: {len(self.nodes)} nodes, policy {self.policy}",
-                      caption=f"logs in {self.workdir / 'logs'}")
+        table = Table(title=f"Skylark local cluster: workflow {self.workflow.name}, {len(self.nodes)} nodes, "
+                            f"policy {self.policy}", caption=f"logs in {self.workdir / 'logs'}")
         for col in ("node", "service", "listens at"):
             table.add_column(col)
-        table.add_row("(cluster)", "neighbors", self.neighbors_url())
+        for service in CLUSTER_SERVICES:
+            table.add_row("(cluster)", service, self.cluster_url(service))
         for node in self.nodes.values():
             table.add_row(node.name, "redis", node.redis_url())
             table.add_row("", "broker ingress", self.broker_ingress(node.name))
-            for service in ("handlers", "preprocess", "detect", "alarm"):
-                table.add_row("", service, node.url(service))
+            table.add_row("", "handlers", node.url("handlers"))
+            for fn in node.functions:
+                table.add_row("", f"function {fn}", node.url(function_key(fn)))
         return table
 
 
 def main_up(args) -> int:
     console = Console()
-    cluster = LocalCluster(args.topology, policy=args.policy, emulate_network=args.emulate_network,
-                           base_port=args.base_port, console=console,
-                           log_level="INFO")
+    cluster = LocalCluster(args.topology, workflow=args.workflow, policy=args.policy,
+                           emulate_network=args.emulate_network, base_port=args.base_port, console=console,
+                           log_level="INFO", snapshot=args.snapshot)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with console.status("starting the local cluster…"):
         cluster.start()
+    pointer = state_file()
     try:
+        pointer.write_text(json.dumps(cluster.describe(), indent=1))
         console.print(cluster.endpoints_table())
         if cluster.emulation is None:
             console.print("links are not emulated: every node runs on 127.0.0.1 "
                           "(--emulate-network shapes them as the topology says)")
-        console.print("Ctrl-C stops everything.")
+        console.print(f"skylark run --input FILE submits one invocation ({pointer}). Ctrl-C stops everything.")
         stop.wait()
     finally:
+        pointer.unlink(missing_ok=True)
         with console.status("stopping…"):
             cluster.stop()
     console.print("stopped; no process left behind")

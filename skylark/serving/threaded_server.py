@@ -6,12 +6,37 @@ test suite's receivers. Services of a cluster run under gunicorn instead (``skyl
 
 from __future__ import annotations
 
+import json
 import threading
+from http import HTTPStatus
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 
-class QuietRequestHandler(WSGIRequestHandler):
+class JsonErrorRequestHandler(WSGIRequestHandler):
+    """Errors the HTTP server itself answers (a request line or header above 64 KiB, more than
+    100 headers, a malformed request line) in the services' JSON shape, not Python's HTML page."""
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        body = json.dumps({"error": phrase.lower().replace(" ", "_"), "detail": message or explain or phrase}).encode()
+        self.close_connection = True
+        try:
+            self.send_response(code, message)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+                self.wfile.write(body)
+        except OSError:
+            pass  # the client is gone
+
+
+class QuietRequestHandler(JsonErrorRequestHandler):
     """No access-log line per request."""
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
@@ -25,7 +50,7 @@ class ThreadedServer:
                  name: str = "wsgi") -> None:
         self.app = app
         self._server = make_server(host, port, app, threaded=True,
-                                   request_handler=QuietRequestHandler if quiet else WSGIRequestHandler)
+                                   request_handler=QuietRequestHandler if quiet else JsonErrorRequestHandler)
         self.host = host
         self.port = self._server.server_port
         self._name = name

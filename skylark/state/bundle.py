@@ -23,6 +23,14 @@ import xxhash
 
 from skylark.state.errors import ChecksumMismatch
 from skylark.state.names import validate_name
+from skylark.state.numbers import INT64_MAX
+
+
+def _check_int64(owner: str, name: str, value: object) -> None:
+    """Versions, sizes and times are int64 wherever they go (Redis, Lua, Go consumers of the
+    change stream): one past that range must fail here, where it is made, not there."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
+        raise ValueError(f"{owner}.{name} must be an integer in [0, 2**63-1], not {value!r}"[:200])
 
 
 def field_digest(value: bytes) -> str:
@@ -75,6 +83,12 @@ class BundleMeta:
     # Time left before the state expires where it was read (a write's ``ttl_s``), None when it
     # does not expire. Relative, not a deadline: nodes at the edge need not share a clock.
     ttl_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("version", "updated_ms", "size", "field_count"):
+            _check_int64("BundleMeta", name, getattr(self, name))
+        if self.ttl_ms is not None:
+            _check_int64("BundleMeta", "ttl_ms", self.ttl_ms)
 
     def to_dict(self) -> dict:
         out = {
@@ -136,6 +150,10 @@ class Tombstone:
     version: int
     node: str
     updated_ms: int
+
+    def __post_init__(self) -> None:
+        _check_int64("Tombstone", "version", self.version)
+        _check_int64("Tombstone", "updated_ms", self.updated_ms)
 
     def to_dict(self) -> dict:
         return {"chain": self.chain, "function": self.function, "version": self.version,

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from skylark.state.names import validate_name
+from skylark.state.numbers import INT64_MAX, parse_int
 
 # Order of the fields in each entry (and so in the RedisStreamSource's flat array).
 FIELDS = ("chain", "function", "op", "mechanism", "fields", "version", "node", "size", "checksum", "ts")
@@ -69,9 +70,11 @@ class ChangeRecord:
             raise InvalidChange(f"mechanism {entry['mechanism']!r} must be one of {', '.join(MECHANISMS)}")
         numbers = {}
         for name in ("version", "size", "ts"):
-            raw = entry[name]
-            if not raw.isdigit():
-                raise InvalidChange(f"{name} {raw!r} is not a non-negative integer")
-            numbers[name] = int(raw)
+            # ASCII digits within int64 only: str.isdigit() lets "²" through (int() then fails)
+            # and int() reads "١٢" as 12; a version past int64 no consumer (Go, Lua) can hold.
+            try:
+                numbers[name] = parse_int(entry[name], name, minimum=0, maximum=INT64_MAX)
+            except ValueError as exc:
+                raise InvalidChange(f"{exc} (a non-negative integer)") from None
         return cls(chain, function, entry["op"], entry["mechanism"], names, numbers["version"], node,
                    numbers["size"], entry["checksum"], numbers["ts"])

@@ -59,6 +59,18 @@ class VersionConflict(SkylarkError):
         self.actual = actual
 
 
+class VersionsExhausted(VersionConflict):
+    """The state is at the largest version an int64 holds: no write can follow it (409)."""
+
+    code = "versions_exhausted"
+
+    def __init__(self, chain: str, function: str, version: int) -> None:
+        SkylarkError.__init__(self, f"chain {chain!r}, function {function!r} is at version {version}, the largest "
+                                    "an int64 holds: delete it and write it anew under another chain")
+        self.expected = version
+        self.actual = version
+
+
 class ChecksumMismatch(SkylarkError, ValueError):
     """A bundle's content does not match the checksum it carries."""
 

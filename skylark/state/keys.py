@@ -4,7 +4,6 @@ from __future__ import annotations
 
 PREFIX = "skylark"
 DEFAULT_CHANGE_STREAM = "skylark:changes"
-DEFAULT_ALARM_STREAM = "skylark:alarms"
 
 
 def bundle_key(chain: str, function: str) -> str:

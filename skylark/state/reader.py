@@ -61,12 +61,13 @@ class BundleReader:
         self.remote = remote
 
     def read(self, chain: str, function: str, candidates: Sequence[str] = (), *,
-             min_version: int = 0, wait_local_ms: float = 0.0) -> BundleRead:
+             min_version: int = 0, wait_ms: float = 0.0, wait_at: str | None = None) -> BundleRead:
         """The bundle from the local Redis, else from the first candidate node that has it.
 
         Only a copy of at least ``min_version`` counts (the version the caller was told was
-        written), so a stale local copy is never used. With ``wait_local_ms`` the local Redis is
-        polled that long for such a copy to arrive by propagation before the candidates are asked.
+        written), so a stale copy is never used. With ``wait_ms``, the node ``wait_at`` (this
+        node when None; else one of the candidates, where the policy pushed the bundle) is
+        polled that long for such a copy to arrive by propagation before the others are asked.
 
         Unreachable candidates are skipped (the node may be gone) while others are tried;
         :class:`BundleNotFound` when every place answered that it has none,
@@ -74,52 +75,65 @@ class BundleReader:
         """
         start = time.perf_counter()
         failures: list[str] = []
+        wait_at = self.local.node if wait_at is None else wait_at
+        local_deadline = start + (wait_ms / 1000 if wait_at == self.local.node else 0.0)
         waited = 0.0
         try:
-            bundle, waited = self._wait_local(chain, function, min_version, start + wait_local_ms / 1000)
+            bundle, waited = self._wait(self.local, chain, function, min_version, local_deadline)
             if bundle is not None:
-                elapsed = (time.perf_counter() - start) * 1000
-                return BundleRead(bundle, LOCAL, self.local.node, elapsed, waited)
+                return BundleRead(bundle, LOCAL, self.local.node, (time.perf_counter() - start) * 1000, waited)
         except StoreUnavailable as exc:
             failures.append(f"{self.local.node}: {exc}")
-        for node in candidates:
-            if node == self.local.node or self.remote is None:
-                continue
+        order = [n for n in dict.fromkeys(candidates) if n != self.local.node]
+        if wait_at in order:  # the pushed copy first, then where it was written
+            order.remove(wait_at)
+            order.insert(0, wait_at)
+        for node in order:
+            if self.remote is None:
+                break
             store = self.remote.store_for(node)
             if store is None:
                 failures.append(f"{node}: no Redis address known")
                 continue
+            deadline = time.perf_counter() + (wait_ms / 1000 if node == wait_at else 0.0)
             try:
-                bundle = store.get_bundle(chain, function)
-            except BundleNotFound:
-                continue
+                bundle, waited_here = self._wait(store, chain, function, min_version, deadline)
             except StoreUnavailable as exc:
                 failures.append(f"{node}: {exc}")
                 continue
-            if bundle.version < min_version:
-                continue
-            return BundleRead(bundle, REMOTE, node, (time.perf_counter() - start) * 1000, waited)
+            waited += waited_here
+            if bundle is not None:
+                return BundleRead(bundle, REMOTE, node, (time.perf_counter() - start) * 1000, waited)
         if failures:
             # Someone who may hold the state did not answer: "not found" would be a guess.
             raise StoreUnavailable("bundle not found where reachable; unreachable: " + "; ".join(failures))
         raise BundleNotFound(chain, function, where="local and " + (", ".join(candidates) or "no other node"))
 
-    def _wait_local(self, chain: str, function: str, min_version: int,
-                    deadline: float) -> tuple[Bundle | None, float]:
-        """The local bundle once its version reaches ``min_version`` (None at the deadline), and
-        how long was waited for it. Polls the version only (one small HGET) until it is there."""
+    @staticmethod
+    def _wait(store: StateStore, chain: str, function: str, min_version: int,
+              deadline: float) -> tuple[Bundle | None, float]:
+        """``store``'s bundle of at least ``min_version`` (None if it has none by the deadline),
+        and how long was waited for it (0 when it was there at once). The first try reads the
+        bundle itself (one round trip: a remote read must not pay two); while waiting, only its
+        version is polled (one small HGET) until it is there."""
         start = time.perf_counter()
-        waited = 0.0
+
+        def fetch() -> Bundle | None:
+            try:
+                bundle = store.get_bundle(chain, function)
+            except BundleNotFound:  # none, or deleted (a tombstone has a version too)
+                return None
+            return bundle if bundle.version >= min_version else None
+
+        bundle = fetch()
+        if bundle is not None:
+            return bundle, 0.0
         while True:
-            if self.local.local_version(chain, function) >= max(min_version, 1):
-                try:
-                    bundle = self.local.get_bundle(chain, function)
-                except BundleNotFound:  # deleted (a tombstone has a version too)
-                    bundle = None
-                if bundle is not None and bundle.version >= min_version:
-                    return bundle, waited
             now = time.perf_counter()
             if now >= deadline:
                 return None, (now - start) * 1000 if deadline > start else 0.0
-            waited = (now - start) * 1000
             time.sleep(min(POLL_S, deadline - now))
+            if store.local_version(chain, function) >= max(min_version, 1):
+                bundle = fetch()
+                if bundle is not None:
+                    return bundle, (time.perf_counter() - start) * 1000

@@ -15,20 +15,28 @@ from urllib.parse import urlsplit
 from skylark.state.errors import ConfigError
 from skylark.state.keys import DEFAULT_CHANGE_STREAM
 from skylark.state.names import validate_name
+from skylark.state.numbers import parse_float, parse_int
 
-POLICIES = ("skylark", "random", "stateless")
+# Where a bundle goes (neighbors_service.placement): skylark = elected toward its reader;
+# random = a random reachable node; stateless = one store node (the thesis's cloud baseline);
+# pull = nowhere, readers fetch it from where it was written.
+POLICIES = ("skylark", "random", "stateless", "pull")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def env_int(env: Mapping[str, str], name: str, default: int | None, minimum: int | None = None) -> int | None:
-    """``env[name]`` as an integer (the default when unset or empty); :class:`ConfigError` otherwise."""
+    """``env[name]`` as an integer (the default when unset or empty); :class:`ConfigError` otherwise.
+
+    ASCII digits only and within int64 (:func:`skylark.state.numbers.parse_int`): ``int()`` would
+    also take " 12", "1_000" and "١٢", and a typo should stop the service, not configure it.
+    """
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = parse_int(raw, name)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+        raise ConfigError(f"{name}={str(raw)[:40]!r} is not an integer (ASCII digits, within int64)") from None
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name}={value} must be >= {minimum}")
     return value
@@ -36,14 +44,18 @@ def env_int(env: Mapping[str, str], name: str, default: int | None, minimum: int
 
 def env_float(env: Mapping[str, str], name: str, default: float, minimum: float | None = None,
               maximum: float | None = None) -> float:
-    """``env[name]`` as a number within [minimum, maximum] (the default when unset or empty)."""
+    """``env[name]`` as a finite number within [minimum, maximum] (the default when unset or empty).
+
+    Plain ASCII decimals only (:func:`skylark.state.numbers.parse_float`): no "nan", "inf",
+    "1_0" or Unicode digits, which ``float()`` would accept.
+    """
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = float(raw)
+        value = parse_float(raw, name)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
+        raise ConfigError(f"{name}={str(raw)[:40]!r} is not a number (a finite ASCII decimal)") from None
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         low = "-inf" if minimum is None else minimum
         high = "inf" if maximum is None else maximum

@@ -45,7 +45,9 @@ from skylark.state.errors import (
     BundleTooLarge,
     StoreUnavailable,
     VersionConflict,
+    VersionsExhausted,
 )
+from skylark.state.numbers import INT64_MAX
 from skylark.state.names import validate_name
 from skylark.state.redis_client import connect
 from skylark.state.settings import Settings
@@ -125,6 +127,15 @@ class _Current:
             lengths=lengths,
             checksum=raw.get(b"checksum", b"").decode(),
         )
+
+
+def _next_version(pipe, chain: str, function: str, current: _Current) -> int:  # noqa: ANN001
+    """The version after ``current``; a received copy may sit at the int64 ceiling, after which
+    nothing can be written (a clear 409, not an overflow)."""
+    if current.version >= INT64_MAX:
+        pipe.unwatch()
+        raise VersionsExhausted(chain, function, current.version)
+    return current.version + 1
 
 
 @dataclass(frozen=True)
@@ -274,7 +285,7 @@ class StateStore:
             if size > self.max_bundle_bytes:
                 raise BundleTooLarge(size, self.max_bundle_bytes)
             checksum = checksum_of_digests(digests)
-            version = current.version + 1
+            version = _next_version(pipe, chain, function, current)
             now = _now_ms()
 
             pipe.multi()
@@ -378,7 +389,7 @@ class StateStore:
             if current.version == 0 or current.deleted:
                 pipe.unwatch()
                 raise BundleNotFound(chain, function)
-            version = current.version + 1
+            version = _next_version(pipe, chain, function, current)
             now = _now_ms()
             pipe.multi()
             self._queue_tombstone(pipe, Tombstone(chain, function, version, self.node, now), current)
