@@ -13,7 +13,11 @@ so the handlers cannot tell the two apart. Unlike the real adapter, delivery is 
   404/408/409/429: Knative does not retry those, see :mod:`eventing.dataplane`), is moved to the dead-letter stream with the reason
   (XADD + XACK in one MULTI);
 - entries trimmed away (MAXLEN) while pending are acked and skipped (the real adapter retries them
-  forever).
+  forever);
+- dead-lettered entries are delivered again once the sink takes events again (every
+  ``replay_interval_s``, oldest first, stopping at the first that still fails): one the sink
+  takes leaves the dead-letter stream; one it rejects for good stays there for the operator
+  (``skylark deadletter``). Receivers dedupe on the entry id, so a replay is harmless.
 
 Attempts are counted in a HASH ``<stream>:attempts:<group>`` (entry id → failed deliveries), not
 from the PEL's delivery counter: XAUTOCLAIM and re-reads bump that counter whether or not a POST
@@ -50,6 +54,7 @@ class SourceStats:
     delivered: int = 0
     failed_attempts: int = 0
     dead_lettered: int = 0
+    replayed: int = 0
     skipped_trimmed: int = 0
     claimed: int = 0
     redelivered_pending: int = 0
@@ -67,6 +72,7 @@ class _State:
     recovered: bool = False            # own pending entries re-delivered since start
     claim_cursor: str = "0-0"          # XAUTOCLAIM scan position
     last_claim: float = 0.0
+    last_replay: float = 0.0
     stats: SourceStats = field(default_factory=SourceStats)
 
 
@@ -75,7 +81,7 @@ class StreamSource(BackgroundSource):
 
     def __init__(self, redis_client: redis.Redis, stream: str, group: str, consumer: str,
                  sink_url: str, *, address: str, batch: int = 64, block_ms: int = 500,
-                 max_attempts: int = 5, claim_idle_ms: int = 2000,
+                 max_attempts: int = 5, claim_idle_ms: int = 2000, replay_interval_s: float = 5.0,
                  dead_letter_stream: str | None = None, publisher: Publisher | None = None,
                  namespace: str | None = None, extensions: Mapping[str, str] | None = None) -> None:
         if max_attempts < 1:
@@ -90,6 +96,7 @@ class StreamSource(BackgroundSource):
         self.block_ms = block_ms
         self.max_attempts = max_attempts
         self.claim_idle_ms = claim_idle_ms
+        self.replay_interval_s = replay_interval_s
         self.dead_letter_stream = dead_letter_stream or keys.dead_letter_stream(stream)
         # One POST per attempt: retries are the source's business (counted, then dead-lettered).
         super().__init__(publisher, f"stream-source-{consumer}", retries=0, connect_timeout_s=1.0,
@@ -148,8 +155,43 @@ class StreamSource(BackgroundSource):
         if now - self._state.last_claim >= min(self.claim_idle_ms / 2000, 1.0):
             tried += self._claim_idle()
             self._state.last_claim = now
+        if now - self._state.last_replay >= self.replay_interval_s:
+            tried += self.replay_dead_letters()
+            self._state.last_replay = now
         entries = self._read(">", self.block_ms if block_ms is None else block_ms)
         tried += self._deliver_all(entries)
+        return tried
+
+    def replay_dead_letters(self, limit: int = 100) -> int:
+        """Deliver this source's dead-lettered entries again, oldest first, until one still fails
+        (the sink is down yet: try later). Returns the deliveries tried."""
+        tried = 0
+        for dead_id, fields in self.redis.xrange(self.dead_letter_stream, count=limit):
+            if text_of(fields.get(b"stream", b"")) != self.stream or text_of(fields.get(b"group", b"")) != self.group:
+                continue  # another source's
+            status = text_of(fields.get(b"status", b""))
+            if status.isascii() and status.isdigit() and not is_retryable(int(status)):
+                continue  # the sink refused it for good: the operator's to look at, not to resend
+            try:
+                flat = json.loads(fields.get(b"data") or b"[]")
+                record = {str(k): str(v) for k, v in zip(flat[::2], flat[1::2])}
+            except (ValueError, TypeError):
+                continue  # unreadable: left for the operator
+            tried += 1
+            outcome = self._post(_Entry(text_of(fields.get(b"entry_id", b"")), record))
+            if outcome.ok:
+                self.redis.xdel(self.dead_letter_stream, dead_id)
+                self.stats.replayed += 1
+                log.info("stream source: dead letter replayed", extra={"entry": text_of(fields.get(b"entry_id", b""))})
+            elif is_retryable(outcome.status_code):
+                break  # still down
+            else:  # refused for good now: keep it, marked so, and stop resending it
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.xdel(self.dead_letter_stream, dead_id)
+                pipe.xadd(self.dead_letter_stream, {**{text_of(k): v for k, v in fields.items()},
+                                                    "status": str(outcome.status_code),
+                                                    "reason": f"replay rejected: {outcome.status_code} {outcome.reason}"[:1000]})
+                pipe.execute()
         return tried
 
     def _read(self, start_id: str, block_ms: int | None) -> list[_Entry]:

@@ -121,7 +121,7 @@ def create_app(settings: HandlerSettings | Settings | None = None, *, store: Sta
         receiver=Receiver(node=core.node, store=store, remote=remote, deduper=deduper, metrics=metrics,
                           signing_key=config.signing_key),
         warmer=Warmer(node=core.node, store=store, remote=remote, targets=targets, executor=executor,
-                      metrics=metrics, max_pairs=config.warmup_max_pairs),
+                      metrics=metrics, page_pairs=config.warmup_max_pairs),
         closers=closers,
     )
     atexit.register(services.close)

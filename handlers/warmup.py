@@ -7,7 +7,9 @@ PingSource data (JSON)::
 ``chains`` and ``functions`` together name every (chain, function) pair of the two lists; with
 only ``chains``, every function of those chains found on the neighbours (a SCAN of their
 metadata keys); with only ``functions``, every chain that has one. ``nodes`` defaults to the
-ready direct neighbours of this node; ``reason`` is free text (ignored). At most ``SKYLARK_WARMUP_MAX_PAIRS`` pairs are examined.
+ready direct neighbours of this node; ``reason`` is free text (ignored). Every pair is examined,
+however many: ``SKYLARK_WARMUP_MAX_PAIRS`` pairs per page (per page one pipelined round trip to
+each neighbour and one to the local Redis), as many pages as it takes.
 
 Per node, the versions of all pairs are read in one pipelined round trip; a pair is pulled (one
 more round trip) from the node with the newest version when the local copy is missing or older,
@@ -73,7 +75,7 @@ class WarmupReport:
     current: int = 0
     missing: int = 0
     failed: int = 0
-    truncated: bool = False
+    pages: int = 0
     nodes: list[str] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)
     refreshed_pairs: list[str] = field(default_factory=list)
@@ -81,7 +83,7 @@ class WarmupReport:
     def to_dict(self) -> dict:
         return {"outcome": "warmed", "checked": self.checked, "refreshed": self.refreshed,
                 "deleted": self.deleted, "current": self.current, "missing": self.missing,
-                "failed": self.failed, "truncated": self.truncated,
+                "failed": self.failed, "pages": self.pages,
                 "nodes": self.nodes, "unreachable": self.unreachable,
                 "refreshed_pairs": self.refreshed_pairs[:100]}
 
@@ -121,15 +123,17 @@ def parse_warmup(event: BaseCloudEvent) -> WarmupRequest:
 
 
 class Warmer:
+    """Pulls newer bundles from the neighbours, in pages of ``page_pairs`` (pair, version) checks."""
+
     def __init__(self, *, node: str, store: StateStore, remote: RemoteStores, targets: TargetResolver,
-                 executor: Executor, metrics: HandlerMetrics, max_pairs: int) -> None:
+                 executor: Executor, metrics: HandlerMetrics, page_pairs: int) -> None:
         self.node = node
         self.store = store
         self.remote = remote
         self.targets = targets
         self.executor = executor
         self.metrics = metrics
-        self.max_pairs = max_pairs
+        self.page_pairs = page_pairs
 
     def handle(self, event: BaseCloudEvent) -> WarmupReport:
         request = parse_warmup(event)
@@ -142,23 +146,44 @@ class Warmer:
                 report.unreachable.append(node)
             else:
                 stores[node] = store
-        # Per node in parallel: which pairs it has, at which version (one pipelined round trip).
-        futures = {node: self.executor.submit(self._remote_versions, store, request)
-                   for node, store in stores.items()}
+        # Which pairs to look at: the named ones, or every one the neighbours hold (a full SCAN
+        # of their metadata keys, per node in parallel). No cap: a long list is done page by page.
+        if request.chains and request.functions:
+            pairs = [(c, f) for c in request.chains for f in request.functions]
+        else:
+            futures = {node: self.executor.submit(self._scan, store, request) for node, store in stores.items()}
+            found: dict[tuple[str, str], None] = {}
+            for node, future in futures.items():
+                try:
+                    found.update(dict.fromkeys(future.result()))
+                except StoreUnavailable as exc:
+                    log.warning("warm-up: neighbour %s unreachable: %s", node, exc)
+                    report.unreachable.append(node)
+                    stores.pop(node)
+            pairs = sorted(found)
+        for start in range(0, len(pairs), self.page_pairs):
+            self._page(pairs[start:start + self.page_pairs], stores, report)
+            report.pages += 1
+        self.metrics.warmup_refreshed.inc(report.refreshed)
+        log.info("warm-up refreshed %d of %d", report.refreshed, report.checked,
+                 extra={"refreshed": report.refreshed, "deleted": report.deleted, "checked": report.checked,
+                        "pages": report.pages, "nodes": nodes})
+        return report
+
+    def _page(self, pairs: list[tuple[str, str]], stores: dict[str, StateStore], report: WarmupReport) -> None:
+        """One page: every neighbour's versions of ``pairs`` (one pipelined round trip each, in
+        parallel), the local ones (one more), then a pull per pair that is newer elsewhere."""
+        futures = {node: self.executor.submit(self._versions, store, pairs) for node, store in stores.items()}
         remote_versions: dict[str, dict[tuple[str, str], RemoteVersion]] = {}
         for node, future in futures.items():
             try:
-                remote_versions[node], truncated = future.result()
-                report.truncated |= truncated
+                remote_versions[node] = future.result()
             except StoreUnavailable as exc:
                 log.warning("warm-up: neighbour %s unreachable: %s", node, exc)
                 report.unreachable.append(node)
-        pairs = self._pairs(request, remote_versions)
-        if len(pairs) > self.max_pairs:
-            pairs, report.truncated = pairs[: self.max_pairs], True
-        local = self._local_versions(pairs)
-        report.checked = len(pairs)
-        for pair, local_version in zip(pairs, local):
+                stores.pop(node)
+        report.checked += len(pairs)
+        for pair, local_version in zip(pairs, self._local_versions(pairs)):
             best_node, best = None, None
             for node, versions in remote_versions.items():
                 held = versions.get(pair)
@@ -184,33 +209,12 @@ class Warmer:
                     report.failed += 1
                 else:
                     report.current += 1
-        self.metrics.warmup_refreshed.inc(report.refreshed)
-        log.info("warm-up refreshed %d of %d", report.refreshed, report.checked,
-                 extra={"refreshed": report.refreshed, "deleted": report.deleted, "checked": report.checked,
-                        "nodes": nodes})
-        return report
 
-    def _pairs(self, request: WarmupRequest,
-               remote: Mapping[str, Mapping[tuple[str, str], RemoteVersion]]) -> list[tuple[str, str]]:
-        if request.chains and request.functions:
-            return [(c, f) for c in request.chains for f in request.functions]
-        found: dict[tuple[str, str], None] = {}
-        for versions in remote.values():
-            found.update(dict.fromkeys(versions))
-        return sorted(found)
-
-    def _remote_versions(self, store: StateStore,
-                         request: WarmupRequest) -> tuple[dict[tuple[str, str], RemoteVersion], bool]:
-        truncated = False
-        if request.chains and request.functions:
-            pairs = [(c, f) for c in request.chains for f in request.functions][: self.max_pairs]
-        else:
-            patterns = ([keys.meta_key(c, "*") for c in request.chains] if request.chains
-                        else [keys.meta_key("*", f) for f in request.functions])
-            pairs, truncated = self._scan(store, patterns)
-        return self._versions(store, pairs), truncated
-
-    def _scan(self, store: StateStore, patterns: Sequence[str]) -> tuple[list[tuple[str, str]], bool]:
+    @staticmethod
+    def _scan(store: StateStore, request: WarmupRequest) -> list[tuple[str, str]]:
+        """Every (chain, function) ``store`` holds metadata of, among the requested ones."""
+        patterns = ([keys.meta_key(c, "*") for c in request.chains] if request.chains
+                    else [keys.meta_key("*", f) for f in request.functions])
         prefix = len(keys.meta_key("", "")) - 1  # "skylark:meta:"
         found: dict[tuple[str, str], None] = {}
         with redis_errors("warm-up scan"):
@@ -219,9 +223,7 @@ class Warmer:
                     chain, _, function = key.decode(errors="replace")[prefix:].partition(":")
                     if NAME_PATTERN.fullmatch(chain) and NAME_PATTERN.fullmatch(function):
                         found[(chain, function)] = None
-                    if len(found) >= self.max_pairs:
-                        return list(found), True
-        return list(found), False
+        return list(found)
 
     @staticmethod
     def _versions(store: StateStore, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], RemoteVersion]:

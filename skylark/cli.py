@@ -4,6 +4,7 @@
     skylark up [--workflow FILE]         a local cluster running a workflow (default: the example)
     skylark run --input FILE             one invocation, and where each stage read its state
     skylark workflow check FILE          validate a workflow declaration
+    skylark deadletter list|show|replay  what the brokers and stream sources gave up on
     skylark serve function MODULE:FACTORY
     skylark serve NAME                   a service under gunicorn ($PORT): handlers, broker, ...
     skylark redis up|down                an embedded redis-server
@@ -31,7 +32,7 @@ from skylark import __version__
 from skylark.state.errors import SkylarkError
 from skylark.state.settings import POLICIES
 
-BENCHES = ("storage", "eventing", "propagate", "elect", "functions")
+BENCHES = ("storage", "eventing", "propagate", "elect", "functions", "faults")
 DEMO_MODES = ("skylark", "pull")
 
 
@@ -189,6 +190,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return main_run(args)
 
 
+def cmd_deadletter(args: argparse.Namespace) -> int:
+    from skylark.runtime.deadletter_cmd import main_deadletter
+
+    return main_deadletter(args)
+
+
 def cmd_workflow(args: argparse.Namespace) -> int:
     from skylark.workflow import load_workflow
 
@@ -276,6 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--emulate-network", action="store_true", help="as for up (new cluster only; root)")
     run_p.add_argument("--json", action="store_true", help="print the result as JSON")
     run_p.set_defaults(func=cmd_run)
+
+    dl_p = sub.add_parser("deadletter", help="list, show or replay the dead letters of the running local cluster")
+    dl_p.add_argument("action", choices=("list", "show", "replay"))
+    dl_p.add_argument("entries", nargs="*", help="show/replay: entry ids (from list)")
+    dl_p.add_argument("--all", action="store_true", help="replay: every dead letter")
+    dl_p.add_argument("--node", help="only this node's")
+    dl_p.add_argument("--json", action="store_true", help="list: print JSON")
+    dl_p.set_defaults(func=cmd_deadletter)
 
     wf_p = sub.add_parser("workflow", help="validate a workflow declaration")
     wf_p.add_argument("action", choices=("check",))

@@ -33,9 +33,9 @@ from rich.console import Console
 from rich.table import Table
 
 from eventing import wiring
-from skylark.runtime.embedded import EmbeddedRedis, find_redis_server, free_port, port_is_free
+from skylark.runtime.embedded import find_redis_server, free_port, port_is_free, redis_argv
 from skylark.runtime.netem import LinkSpec, NetworkEmulation
-from skylark.runtime.procs import Child, http_ready, stop_all, wait_ready
+from skylark.runtime.procs import Child, Supervisor, http_ready, redis_ready, stop_all, wait_ready
 from skylark.serving.serve import gunicorn_argv
 from skylark.state.errors import ConfigError
 from skylark.workflow import Workflow, load_workflow
@@ -70,6 +70,20 @@ def state_file() -> Path:
     return base / f"skylark-up-{os.getuid()}.json"
 
 
+def load_state() -> dict:
+    """What the running ``skylark up`` says of itself (:meth:`LocalCluster.describe`), or
+    :class:`ConfigError` when none runs."""
+    path = state_file()
+    try:
+        data = json.loads(path.read_text())
+        os.kill(int(data["pid"]), 0)  # still there?
+    except FileNotFoundError:
+        raise ConfigError(f"no local cluster is running ({path} is missing): start one with skylark up") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"the local cluster that wrote {path} is gone") from None
+    return data
+
+
 def function_key(name: str) -> str:
     """The service key of a workflow function in a node's port map (``fn:<name>``)."""
     return f"fn:{name}"
@@ -87,7 +101,6 @@ class NodeRuntime:
     peer_ports: dict[str, int] = field(default_factory=dict)
     netns: str | None = None
     cluster_host: str = "127.0.0.1"     # how it reaches the cluster-wide services
-    redis: EmbeddedRedis | None = None
 
     def _host(self, view: str) -> str:
         return {"supervisor": self.supervisor_host, "inside": self.inside_host, "peer": self.peer_host}[view]
@@ -139,6 +152,8 @@ class LocalCluster:
         self.workflow.check_nodes(self.node_names, self.workflow_source)
         self.nodes: dict[str, NodeRuntime] = {}
         self.children: list[Child] = []
+        self._lock = threading.RLock()  # the children list: the supervisor reads it, we change it
+        self.supervisor: Supervisor | None = None
         self.emulation: NetworkEmulation | None = None
         self.cluster_ports: dict[str, int] = {}
         self._started = False
@@ -300,7 +315,8 @@ class LocalCluster:
         if service == "broker":
             services = {wiring.handlers_service(node.name): node.url("handlers", view="inside"),
                         "handlers": node.url("handlers", view="inside"),
-                        "dead-letter": self.cluster_url("dead-letter", node.name)}
+                        # the sink keeps each dead letter on the Redis of the node whose broker gave up
+                        "dead-letter": f"{self.cluster_url('dead-letter', node.name)}/nodes/{node.name}"}
             for fn in node.functions:
                 services[wiring.function_service(fn)] = node.url(function_key(fn), view="inside")
             env.update({
@@ -319,8 +335,22 @@ class LocalCluster:
                      netns=node.netns, ready=http_ready(f"{node.url(service)}/{probe}"))
 
     def _spawn(self, child: Child) -> Child:
-        self.children.append(child)
-        return child.start()
+        with self._lock:
+            self.children.append(child)
+            return child.start()
+
+    def _on_exit(self, child: Child, code: int, delay: float) -> None:
+        self.console.print(f"[yellow]{child.name} exited ({code}); restart #{child.restarts + 1} in {delay:g} s[/yellow]"
+                           f" (log: {child.log_path})")
+
+    def _redis(self, node: NodeRuntime, logs: Path) -> Child:
+        """The node's redis-server, its data (AOF, fsync every second) in the cluster's work
+        directory: a restart after a crash keeps the state and the dedupe marks."""
+        bind = "0.0.0.0" if node.netns else node.inside_host
+        argv = redis_argv(find_redis_server(), node.ports["redis"], bind, str(self.workdir / "redis" / node.name),
+                          persist=True)
+        return Child(f"redis@{node.name}", argv, self._base_env(), logs / f"{node.name}-redis.log", netns=node.netns,
+                     ready=redis_ready(node.redis_url()))
 
     def start(self) -> "LocalCluster":
         find_redis_server()
@@ -346,10 +376,7 @@ class LocalCluster:
         self._allocate()
         base = self._base_env()
         logs = self.workdir / "logs"
-        for node in self.nodes.values():
-            bind = "0.0.0.0" if node.netns else node.inside_host
-            node.redis = EmbeddedRedis(port=node.ports["redis"], host=node.supervisor_host, bind=bind,
-                                       netns=node.netns).start()
+        wait_ready([self._spawn(self._redis(node, logs)) for node in self.nodes.values()], timeout_s=30)
         topology_file = self._write_topology()
         self._write_workflow()
         started = [
@@ -357,7 +384,8 @@ class LocalCluster:
             self._spawn(self._cluster_child("neighbors", base, logs, {
                 "SKYLARK_WORKERS": "1", "SKYLARK_TOPOLOGY_SOURCE": "file",
                 "SKYLARK_TOPOLOGY_FILE": str(topology_file)})),
-            self._spawn(self._cluster_child("dead-letter", base, logs, {})),
+            self._spawn(self._cluster_child("dead-letter", base, logs, {
+                "SKYLARK_DEADLETTER_STORES": json.dumps({n.name: n.redis_url() for n in self.nodes.values()})})),
             self._spawn(self._cluster_child("observer", base, logs, {"SKYLARK_WORKERS": "1", "SKYLARK_THREADS": "16"})),
         ]
         for node in self.nodes.values():
@@ -371,6 +399,7 @@ class LocalCluster:
         # Readiness includes Redis (and a function's own models); probe it once everything answers.
         wait_ready([Child(f"{s}@{n.name}", [], {}, logs / "unused.log", ready=http_ready(f"{n.url(s)}/readyz"))
                     for n in self.nodes.values() for s in self._node_services(n.name) if s != "redis"], 60)
+        self.supervisor = Supervisor(self.children, self._lock, self._on_exit).start()
 
     def _agent(self, node: NodeRuntime, base: dict[str, str], logs: Path) -> Child:
         argv = [sys.executable, "-m", "skylark.runtime.agent",
@@ -412,19 +441,21 @@ class LocalCluster:
             for service in self._node_services(node.name):
                 if service in ("redis", "broker"):
                     continue
-                old = next(c for c in self.children if c.name == f"{service.removeprefix('fn:')}@{node.name}")
+                with self._lock:
+                    old = next(c for c in self.children if c.name == f"{service.removeprefix('fn:')}@{node.name}")
+                    self.children.remove(old)
                 old.stop()
-                self.children.remove(old)
                 restarted.append(self._spawn(self._child(node, service, base, old.log_path.parent, "readyz")))
         wait_ready(restarted, timeout_s=60)
 
     def stop(self) -> None:
-        stop_all(list(reversed(self.children)))
-        self.children.clear()
-        for node in self.nodes.values():
-            if node.redis is not None:
-                node.redis.stop()
-                node.redis = None
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        with self._lock:
+            children = list(reversed(self.children))
+            self.children.clear()
+        stop_all([c for c in children if not c.name.startswith("redis@")])
+        stop_all([c for c in children if c.name.startswith("redis@")])  # last: the others may still write
         if self.emulation is not None:
             self.emulation.teardown()
             self.emulation = None
@@ -438,6 +469,10 @@ class LocalCluster:
 
     # -- reporting ------------------------------------------------------------------------
 
+    def restarts(self) -> dict[str, int]:
+        """How often each service was restarted after it exited on its own."""
+        return self.supervisor.restarts if self.supervisor is not None else {}
+
     def describe(self) -> dict:
         """Where everything is, as ``skylark run`` needs it (written to :func:`state_file`)."""
         return {
@@ -445,7 +480,7 @@ class LocalCluster:
             "topology": str(self.topology_path), "observer_url": self.observer_url(),
             "emulated": self.emulation is not None,
             "nodes": {name: {"broker_ingress": self.broker_ingress(name), "redis_url": node.redis_url(),
-                             "functions": node.functions}
+                             "handlers_url": node.url("handlers"), "functions": node.functions}
                       for name, node in self.nodes.items()},
         }
 
@@ -486,7 +521,15 @@ def main_up(args) -> int:
         stop.wait()
     finally:
         pointer.unlink(missing_ok=True)
+        restarts = cluster.restarts()
         with console.status("stopping…"):
             cluster.stop()
+    if restarts:
+        table = Table(title="Restarts (services that exited on their own)")
+        table.add_column("service")
+        table.add_column("restarts", justify="right")
+        for name, count in sorted(restarts.items()):
+            table.add_row(name, str(count))
+        console.print(table)
     console.print("stopped; no process left behind")
     return 0

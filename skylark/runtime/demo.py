@@ -111,6 +111,7 @@ def main_demo(args) -> int:
             console.print("[yellow]links are not emulated[/yellow]: all nodes run on 127.0.0.1, so a remote "
                           "read costs a loopback round trip, not a satellite link (try --emulate-network as root)")
     finally:
+        restarts = cluster.restarts()
         with console.status("stopping the cluster…"):
             cluster.stop()
     total = sum(len(v) for v in results.values())
@@ -122,6 +123,7 @@ def main_demo(args) -> int:
         with open(args.report, "w") as out:
             json.dump({"workflow": cluster.workflow.name, "emulated": args.emulate_network, "completed": done,
                        "total": total, "placement": {f.name: f.node for f in cluster.workflow.functions},
+                       "restarts": restarts,
                        "chains": chains}, out, indent=1)
     console.print(f"{done}/{total} chains completed in {time.monotonic() - started:.1f} s")
     for mode, runs in results.items():

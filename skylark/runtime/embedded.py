@@ -89,6 +89,31 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
+def redis_argv(binary: str, port: int, bind: str, directory: str, *, persist: bool = False,
+               password: str | None = None, extra_args: tuple[str, ...] = ()) -> list[str]:
+    """A redis-server command line: on ``bind:port``, files in ``directory``; with ``persist``,
+    the append-only file fsynced every second (a restart, even after SIGKILL, keeps every
+    acknowledged write: they reached the file, only the disk flush waits), else nothing on disk."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    args = [
+        binary,
+        "--port", str(port),
+        "--bind", bind,
+        "--save", "",
+        "--appendonly", "yes" if persist else "no",
+        "--dir", directory,
+        "--daemonize", "no",
+        "--protected-mode", "no",
+        "--loglevel", "warning",
+        "--logfile", str(Path(directory) / "redis.log"),
+    ]
+    if persist:
+        args += ["--appendfsync", "everysec"]
+    if password:
+        args += ["--requirepass", password]
+    return args + list(extra_args)
+
+
 @dataclass
 class EmbeddedRedis:
     """One redis-server child process. Use as a context manager, or ``start()`` / ``stop()``."""
@@ -101,6 +126,9 @@ class EmbeddedRedis:
     extra_args: tuple[str, ...] = ()
     startup_timeout_s: float = 10.0
     netns: str | None = None  # run inside this network namespace (network emulation)
+    # A directory of its own that outlives the server, with the append-only file (fsync every
+    # second): a restart keeps the data. None: a temporary directory and no persistence.
+    data_dir: str | None = None
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _dir: tempfile.TemporaryDirectory | None = field(default=None, init=False, repr=False)
 
@@ -120,22 +148,10 @@ class EmbeddedRedis:
             self.port = free_port(self.host)
         elif self.netns is None and not port_is_free(self.port, self.host):
             raise ConfigError(f"port {self.host}:{self.port} is already in use")
-        self._dir = tempfile.TemporaryDirectory(prefix="skylark-redis-")
-        args = [
-            binary,
-            "--port", str(self.port),
-            "--bind", self.bind or self.host,
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self._dir.name,
-            "--daemonize", "no",
-            "--protected-mode", "no",
-            "--loglevel", "warning",
-            "--logfile", str(Path(self._dir.name) / "redis.log"),
-        ]
-        if self.password:
-            args += ["--requirepass", self.password]
-        args += list(self.extra_args)
+        if self.data_dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="skylark-redis-")
+        args = redis_argv(binary, self.port, self.bind or self.host, self.directory, persist=self.data_dir is not None,
+                          password=self.password, extra_args=self.extra_args)
         if self.netns:
             args = ["ip", "netns", "exec", self.netns, *args]
         # Own process group: a Ctrl-C at the terminal reaches us, and we stop the child ourselves.
@@ -145,6 +161,10 @@ class EmbeddedRedis:
         self._wait_ready()
         return self
 
+    @property
+    def directory(self) -> str:
+        return self.data_dir if self.data_dir is not None else self._dir.name
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         probe = self.client(socket_connect_timeout=0.2, socket_timeout=0.5)
@@ -152,7 +172,7 @@ class EmbeddedRedis:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                    log_file = Path(self._dir.name) / "redis.log"
+                    log_file = Path(self.directory) / "redis.log"
                     if log_file.exists():
                         err += log_file.read_text(errors="replace")
                     self._cleanup()

@@ -1,8 +1,12 @@
-"""Child processes of the local cluster: started in their own process group, watched, stopped.
+"""Child processes of the local cluster: started in their own process group, supervised, stopped.
 
 Every child gets its own session, so a Ctrl-C at the terminal reaches only the supervisor, which
 then stops the children in order (SIGTERM, a grace period, then SIGKILL of the whole group) — no
 gunicorn worker or redis-server is left behind, and their ports are free again.
+
+:class:`Supervisor` restarts a child that exits on its own, as a pod's ``restartPolicy: Always``
+does: after 1 s, then doubling up to 30 s while it keeps crashing, back to 1 s once it ran for a
+minute. A child stopped on purpose (``Child.stop``) is not restarted.
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
 import requests
 
 from skylark.state.errors import ConfigError
@@ -31,6 +37,11 @@ class Child:
     netns: str | None = None
     ready: Callable[[], bool] | None = None
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    restarts: int = field(default=0, init=False)
+    started_at: float = field(default=0.0, init=False)
+    last_exit: int | None = field(default=None, init=False)  # the code of the last exit on its own
+    # Cleared by stop(): an exit then is wanted, and the supervisor leaves the child alone.
+    wanted: bool = field(default=False, init=False)
 
     def start(self) -> "Child":
         argv = list(self.argv)
@@ -45,6 +56,8 @@ class Child:
             raise ConfigError(f"{self.name}: cannot start {argv[0]!r}: {exc}") from None
         finally:
             log.close()
+        self.started_at = time.monotonic()
+        self.wanted = True
         return self
 
     @property
@@ -62,10 +75,12 @@ class Child:
 
     def terminate(self) -> None:
         """Ask the process to stop (SIGTERM to its group); :meth:`stop` waits for it."""
+        self.wanted = False
         if self.process is not None and self.process.poll() is None:
             _signal_group(self.process.pid, signal.SIGTERM)
 
     def stop(self, grace_s: float = 10.0) -> None:
+        self.wanted = False
         if self.process is None:
             return
         if self.process.poll() is None:
@@ -90,6 +105,75 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+class Supervisor:
+    """Restarts the children of ``children`` (a list the owner may change; guarded by ``lock``)
+    that exited although they were wanted; ``report`` hears of each restart."""
+
+    FIRST_DELAY_S = 1.0
+    MAX_DELAY_S = 30.0
+    STABLE_S = 60.0  # running this long resets the back-off
+
+    def __init__(self, children: list[Child], lock: threading.RLock,
+                 report: Callable[[Child, int, float], None] = lambda child, code, delay: None,
+                 poll_s: float = 0.2) -> None:
+        self._children = children
+        self._lock = lock
+        self._report = report
+        self._poll_s = poll_s
+        self._due: dict[int, float] = {}     # id(child) -> when to restart it
+        self._delay: dict[int, float] = {}   # id(child) -> its current back-off
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Supervisor":
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        with self._lock:
+            return {c.name: c.restarts for c in self._children if c.restarts}
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll_s):
+            with self._lock:
+                for child in list(self._children):
+                    self._check(child)
+
+    def _check(self, child: Child) -> None:
+        key = id(child)
+        if not child.wanted or child.process is None:
+            self._due.pop(key, None)
+            return
+        code = child.process.poll()
+        if code is None:
+            return
+        now = time.monotonic()
+        if key not in self._due:
+            stable = now - child.started_at >= self.STABLE_S
+            delay = self.FIRST_DELAY_S if stable or key not in self._delay else min(
+                self._delay[key] * 2, self.MAX_DELAY_S)
+            self._delay[key] = delay
+            self._due[key] = now + delay
+            child.last_exit = code
+            self._report(child, code, delay)
+            return
+        if now >= self._due[key]:
+            del self._due[key]
+            _signal_group(child.process.pid, signal.SIGKILL)  # whatever of its group is left
+            child.restarts += 1
+            try:
+                child.start()
+            except ConfigError:
+                self._due[key] = now + self._delay[key]  # try again later
+
+
 def stop_all(children: Sequence[Child], grace_s: float = 10.0) -> None:
     """Stop children together: SIGTERM to all first, so their grace periods overlap."""
     for child in children:
@@ -104,6 +188,19 @@ def http_ready(url: str, timeout_s: float = 0.5) -> Callable[[], bool]:
             return requests.get(url, timeout=timeout_s).status_code == 200
         except requests.RequestException:
             return False
+
+    return probe
+
+
+def redis_ready(url: str) -> Callable[[], bool]:
+    def probe() -> bool:
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.3, socket_timeout=0.5)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
 
     return probe
 

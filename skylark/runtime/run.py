@@ -8,14 +8,13 @@ the invocation goes to that cluster; otherwise a cluster is started for the work
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 
 from rich.console import Console
 
 from eventing.publisher import Publisher
-from skylark.runtime.cluster import LocalCluster, state_file
+from skylark.runtime.cluster import LocalCluster, load_state
 from skylark.runtime.invoke import (
     ClusterView,
     e2e_table,
@@ -32,13 +31,10 @@ from skylark.workflow import load_workflow
 
 
 def _running_cluster() -> ClusterView | None:
-    path = state_file()
     try:
-        data = json.loads(path.read_text())
-        os.kill(int(data["pid"]), 0)  # still there?
-    except (OSError, ValueError, KeyError, TypeError):
+        return ClusterView.from_dict(load_state())
+    except ConfigError:
         return None
-    return ClusterView.from_dict(data)
 
 
 def main_run(args) -> int:

@@ -77,3 +77,23 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+# A worker dies with its master. When the master is killed (SIGKILL, OOM), gunicorn's own check
+# (the worker notices its parent changed) can take the graceful timeout, while the orphan keeps
+# the listening socket and clients hang instead of being refused. The kernel's parent-death
+# signal ends it at once, so the port is free for the restarted master (Linux; elsewhere a no-op).
+_PR_SET_PDEATHSIG = 1
+
+
+def post_fork(server, worker):
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != server.pid:  # the master died between fork and prctl: go now
+        os._exit(1)
