@@ -337,22 +337,22 @@ def run(args: argparse.Namespace) -> FaultRun:
         bench = FaultBench(cluster, writer, watch)
         time.sleep(2)
         results = [
-            bench.run("handlers worker kill -9", bench.kill_worker, settle_s=2, converge_s=args.converge),
-            bench.run("handlers master kill -9", bench.kill_master, settle_s=3, converge_s=args.converge),
-            bench.run(f"broker of node-b down {args.down:g} s", lambda: bench.broker_down(args.down), settle_s=1,
+            bench.run("handlers worker -9", bench.kill_worker, settle_s=2, converge_s=args.converge),
+            bench.run("handlers master -9", bench.kill_master, settle_s=3, converge_s=args.converge),
+            bench.run(f"broker down {args.down:g} s", lambda: bench.broker_down(args.down), settle_s=1,
                       converge_s=args.converge),
-            bench.run("Redis of node-b kill -9", bench.redis_kill, settle_s=2, converge_s=args.converge),
+            bench.run("Redis -9, restart", bench.redis_kill, settle_s=2, converge_s=args.converge),
         ]
         hostile: dict[str, int] = {}
         dead_while_down = results[2].dead_letters
-        results.append(bench.run("duplicate ×2, reordered, forged, oversized", lambda: bench.hostile(hostile),
+        results.append(bench.run("hostile deliveries", lambda: bench.hostile(hostile),
                                  settle_s=0.5, converge_s=args.converge))
         results[-1].hostile = hostile
         writer.stop()
         watch.stop()
         final, missing = bench.converge(args.converge)
         torn = bench.torn()
-        results.append(FaultResult("all of the above (end state)", writes=writer.writes, lost=len(missing),
+        results.append(FaultResult("end state", writes=writer.writes, lost=len(missing),
                                    converged_s=None if final is None else round(final, 1),
                                    restarts=sum(cluster.restarts().values()),
                                    notes="; ".join([*(f"torn: {t}" for t in torn[:3]),
@@ -371,9 +371,10 @@ def print_results(run: FaultRun) -> None:
     from rich.table import Table
 
     table = Table(title="Faults injected while writes went on (demo3, policy skylark)",
-                  caption="lost: writes not on every node the policy pushes them to after the "
-                          "convergence wait (dead letters replayed first); converged: seconds after "
-                          "the fault was healed")
+                  caption="handlers of node-a, broker and Redis of node-b; hostile: duplicate ×2, "
+                          "reordered, forged, oversized bundles to node-b. lost: writes not on every "
+                          "node the policy pushes them to after the wait (dead letters replayed "
+                          "first); converged: seconds after the fault was healed")
     for col in ("fault", "writes", "dead letters", "lost", "converged s", "restarts"):
         table.add_column(col, justify="left" if col == "fault" else "right", overflow="fold")
     for r in run.results:
