@@ -1,7 +1,7 @@
 """Rebuild the bundle of (chain, function) from a node's Redis, whatever mechanism wrote it.
 
-*Bundled* state is already kept as one versioned bundle by the state library (written atomically
-by a Lua script), so the rebuild is one read: ``StateStore.get_bundle`` (MULTI: data + meta).
+*Bundled* state is already kept as one versioned bundle by the state library (written atomically,
+in one MULTI/EXEC), so the rebuild is one read: ``StateStore.get_bundle`` (MULTI: data + meta).
 
 *Single* state keeps one STRING per field; the rebuild gathers all of them into one versioned
 bundle, which is what the successor needs in one round trip. It is a consistent snapshot: the

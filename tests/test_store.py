@@ -298,7 +298,7 @@ def test_concurrent_deliveries_of_one_event_apply_it_once(store):
         t.start()
     for t in threads:
         t.join()
-    # the others either saw the mark at once or lost the WATCH race, retried and then saw it
+    # the script runs one delivery at a time: the first applies and marks, the others see the mark
     assert sorted(outcomes) == sorted([ApplyOutcome.APPLIED] + [ApplyOutcome.SEEN] * 7)
 
 
@@ -421,3 +421,112 @@ def test_a_copy_at_the_int64_ceiling_refuses_the_next_write_cleanly(store, redis
             write()
         assert isinstance(info.value, VersionConflict) and info.value.code == "versions_exhausted"
     assert {k: redis_client.dump(k) for k in redis_client.keys("*")} == before  # nothing half-written
+
+
+def test_every_write_is_one_round_trip_without_watch(store, redis_client):
+    calls = ("exec", "watch", "evalsha", "multi")
+
+    def counted(write):
+        before = {name: command_calls(redis_client, name) for name in calls}
+        write()
+        return {name: command_calls(redis_client, name) - before[name] for name in calls}
+
+    one_exec = {"exec": 1, "watch": 0, "evalsha": 2, "multi": 1}  # check step, values, settle step
+    assert counted(lambda: store.put("c", "f", {"a": b"1", "b": b"2"})) == one_exec
+    assert counted(lambda: store.put("c", "f", {"a": b"3"}, expected_version=1)) == one_exec
+    assert counted(lambda: store.put_single("c", "s", {"a": b"1"})) == one_exec
+    copy = make_bundle("c", "g", {"a": b"x"}, version=5, node="node-b", updated_ms=1)
+    assert counted(lambda: store.apply(copy, once_key="once:1")) == one_exec
+    script_alone = {"exec": 0, "watch": 0, "evalsha": 1, "multi": 0}
+    assert counted(lambda: store.delete("c", "g")) == script_alone
+    assert counted(lambda: store.apply_tombstone(Tombstone("c", "t", 3, "node-b", 1))) == script_alone
+    # nothing of a write in flight is left behind: no staged values, no commit marker
+    assert [k for k in redis_client.keys("*") if k.endswith((b":staged", b":commit"))] == []
+
+
+def test_a_merge_keeps_the_other_fields_and_their_ttl_rules(store, redis_client):
+    store.put("c", "f", {"a": b"1" * 100, "b": b"2" * 100}, ttl_s=100)
+    store.put("c", "f", {"b": b"3"}, ttl_s=50)
+    bundle = store.get_bundle("c", "f")
+    assert bundle.fields == {"a": b"1" * 100, "b": b"3"} and bundle.meta.field_count == 2
+    bundle.verify()
+    assert 0 < redis_client.ttl(keys.bundle_key("c", "f")) <= 50
+    store.put_single("c", "s", {"a": b"1", "b": b"2"})
+    store.put_single("c", "s", {"b": b"3"}, ttl_s=50)
+    assert store.get_single("c", "s", ["a", "b"]) == {"a": b"1", "b": b"3"}
+    assert redis_client.ttl(keys.single_key("c", "s", "a")) == -1
+    assert 0 < redis_client.ttl(keys.single_key("c", "s", "b")) <= 50
+    # a bundle replacing single state (and back) drops the other mechanism's keys
+    store.put("c", "s", {"z": b"9"})
+    assert redis_client.keys("skylark:single:*") == [] and store.get_bundle("c", "s").fields == {"z": b"9"}
+
+
+def test_a_write_after_redis_lost_its_scripts_reloads_and_leaves_nothing_staged(store, redis_client):
+    store.put("c", "f", {"a": b"1"})
+    redis_client.script_flush()
+    assert store.put("c", "f", {"b": b"2"}).meta.version == 2
+    redis_client.script_flush()
+    assert store.apply(make_bundle("c", "g", {"a": b"x"}, version=1, node="node-b", updated_ms=1)).changed
+    redis_client.script_flush()
+    assert store.delete("c", "g") == 2
+    assert store.get_bundle("c", "f").fields == {"a": b"1", "b": b"2"}
+    assert [k for k in redis_client.keys("*") if k.endswith((b":staged", b":commit"))] == []
+
+
+def test_versions_past_what_a_lua_number_holds_stay_exact(store):
+    # Lua numbers are doubles: 2**60 + 1 would round to 2**60 there.
+    big = 2**60 + 1
+    store.apply(make_bundle("c", "f", {"a": b"1"}, version=big, node="node-b", updated_ms=1))
+    assert store.put("c", "f", {"a": b"2"}).meta.version == big + 1
+    assert store.local_version("c", "f") == big + 1
+    stale = make_bundle("c", "f", {"a": b"0"}, version=big, node="node-b", updated_ms=1)
+    assert store.apply(stale).outcome is ApplyOutcome.STALE
+    assert store.delete("c", "f") == big + 2
+    for nines in (9, 99, 999_999):
+        store.apply(make_bundle("n", str(nines), {"a": b"1"}, version=nines, node="node-b", updated_ms=1))
+        assert store.put("n", str(nines), {"a": b"2"}).meta.version == nines + 1
+
+
+def _delta(origin, chain, function, base_version, changed):
+    from skylark.state.bundle import Delta
+
+    full = origin.get_bundle(chain, function)
+    return Delta(full.meta, base_version, {name: full.fields[name] for name in changed})
+
+
+def test_apply_delta_on_its_base_and_refusals_that_ask_for_the_whole(store, redis_factory, redis_client):
+    origin = StateStore(redis_factory().client(), node="node-b")
+    origin.put("c", "f", {f"p{i}": bytes([i]) * 1000 for i in range(5)}, ttl_s=100)
+    store.apply(origin.get_bundle("c", "f"))
+    origin.put("c", "f", {"p2": b"new"}, ttl_s=100)
+    delta = _delta(origin, "c", "f", 1, ["p2"])
+    # not held here at the base version: nothing written, nothing marked
+    elsewhere = StateStore(redis_factory().client(), node="node-c")
+    result = elsewhere.apply_delta(delta, once_key="once:d")
+    assert (result.outcome, result.local_version) == (ApplyOutcome.NO_BASE, 0)
+    assert elsewhere.client.keys("*") == []
+    # applied on the base: the result is the origin's bundle, checksum verified here
+    result = store.apply_delta(delta, once_key="once:d")
+    assert (result.outcome, result.local_version) == (ApplyOutcome.APPLIED, 2)
+    copy = store.get_bundle("c", "f")
+    assert copy.fields == origin.get_bundle("c", "f").fields and copy.meta.checksum == delta.meta.checksum
+    copy.verify()
+    assert copy.meta.node == "node-b" and 0 < copy.meta.ttl_ms <= 100_000  # ttl_ms of the origin's copy
+    assert store.apply_delta(delta, once_key="once:d").outcome is ApplyOutcome.SEEN
+    assert store.apply_delta(delta).outcome is ApplyOutcome.DUPLICATE
+    # a base with other content (a conflicting copy) does not make the announced bundle
+    origin.put("c", "f", {"p3": b"v3"})
+    store.client.hset(keys.bundle_key("c", "f"), "p0", b"tampered")
+    store.client.hset(keys.meta_key("c", "f"), "d:p0", "0" * 32)
+    mismatch = store.apply_delta(_delta(origin, "c", "f", 2, ["p3"]), once_key="once:m")
+    assert mismatch.outcome is ApplyOutcome.NO_BASE and not redis_client.exists("once:m")
+    assert store.local_version("c", "f") == 2
+    # a delta on a base this node has not reached yet: the whole bundle is needed
+    origin.put("c", "f", {"p4": b"v4"})
+    assert store.apply_delta(_delta(origin, "c", "f", 3, ["p4"])).outcome is ApplyOutcome.NO_BASE
+    assert store.apply(origin.get_bundle("c", "f")).changed
+    assert store.get_bundle("c", "f").fields == origin.get_bundle("c", "f").fields
+    # older than what is here: stale, and marked like any refused apply
+    assert store.apply_delta(delta, once_key="once:s").outcome is ApplyOutcome.STALE
+    assert redis_client.exists("once:s")
+    assert [k for k in redis_client.keys("*") if k.endswith((b":staged", b":commit"))] == []

@@ -138,6 +138,37 @@ class Bundle:
 
 
 @dataclass(frozen=True)
+class Delta:
+    """The fields one write changed, and the bundle they make on top of ``base_version``.
+
+    ``meta`` describes the whole new bundle (version, size, checksum, field count); ``fields``
+    holds only the changed ones. A node holding ``base_version`` rebuilds the bundle from its
+    copy and these bytes and checks the result against ``meta`` (``StateStore.apply_delta``).
+    """
+
+    meta: BundleMeta
+    base_version: int
+    fields: dict[str, bytes] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        _check_int64("Delta", "base_version", self.base_version)
+        if not 1 <= self.base_version < self.meta.version:
+            raise ValueError(f"Delta.base_version must lie in [1, {self.meta.version}), not {self.base_version}")
+
+    @property
+    def chain(self) -> str:
+        return self.meta.chain
+
+    @property
+    def function(self) -> str:
+        return self.meta.function
+
+    @property
+    def version(self) -> int:
+        return self.meta.version
+
+
+@dataclass(frozen=True)
 class Tombstone:
     """A delete made on ``node``: the state of (chain, function) ended at ``version``.
 
@@ -176,6 +207,7 @@ class ApplyOutcome(str, enum.Enum):
     STALE = "stale"          # incoming version older than the local one: rejected
     CONFLICT = "conflict"    # same version, other content (concurrent writers): local kept
     SEEN = "seen"            # the delivery's idempotency key was used already: nothing done
+    NO_BASE = "no_base"      # a delta whose base version is not here (or does not match): nothing done
 
 
 @dataclass(frozen=True)

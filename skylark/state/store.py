@@ -1,15 +1,25 @@
 """State of functions in one node's Redis: *single* and *bundled*, versioned, with a change stream.
 
-Every write is an optimistic transaction: ``WATCH`` the metadata hash, read what the write must
-check (versions, sizes, key types) in one round trip, then queue the fields, the new metadata and
-the change-stream entry in one ``MULTI``/``EXEC``. A concurrent write to the same bundle makes the
-EXEC fail and the write is retried on fresh metadata, so versions strictly increase; a refused
-write (too large, version conflict, wrong key type) queues nothing, so nothing is half-written;
-and a reader (one ``MULTI``: HGETALL data + HGETALL meta) never sees half a bundle.
+Every write is one round trip, atomic: one ``MULTI``/``EXEC`` holding a check step of the
+store's script (``write.lua``: versions, compare-and-set, size limit, key types, the metadata and
+the change-stream entry), the values, staged into a key of their own, and the script's settle
+step, which renames the staged values over the data when the check accepted and drops them when
+it refused. The script is given names, digests and lengths only, never a value: Redis copies
+each script argument into a Lua string (1-2 ms per MB on this machine, more than the HSET
+itself), while values in the transaction go straight from the query buffer into the hash.
+Scripts run one at a time, so versions strictly increase under concurrent writers without
+retries; a refused write leaves nothing; and a reader (one ``MULTI``: HGETALL data + HGETALL
+meta) never sees half a bundle.
 
-Why not one Lua script: Redis copies every script argument into a Lua string, which costs
-~1.3 ms per MB on this machine — more than the HSET itself — while MULTI/EXEC passes values
-straight through (see ``skylark bench storage``).
+Alternatives measured in one run (1 MB in 1-5 fields, p50 / raw HSET of the same bytes):
+``WATCH`` + a check + ``MULTI``/``EXEC`` (three round trips, this store before) 1.9-2.6×; one
+script taking the values as arguments 3.1-5.2×; the values staged, then one script that checks
+and renames, 1.2-1.7× (but a merge into some of the stored fields would have to copy values
+through Lua); check step, values, settle step (kept) 1.2-1.7×, copying nothing in any case.
+
+Keys of a write in flight (inside one EXEC, so no other client ever sees them): the staging
+hash ``<bundle key>:staged``, staged single fields ``<single key>:staged`` and the commit marker
+``<meta key>:commit``.
 
 The metadata hash holds, besides version/node/updated_ms/size/checksum/fields/mechanism/deleted,
 ``d:<field>`` (digest) and ``l:<field>`` (value length) per field, so a merge can compute the new
@@ -18,6 +28,7 @@ size and checksum without reading the other fields' values.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,7 +37,7 @@ from functools import cache
 from importlib.resources import files
 
 import redis
-from redis.exceptions import WatchError
+from redis.exceptions import ExecAbortError, NoScriptError, ResponseError
 
 from skylark.state import keys
 from skylark.state.bundle import (
@@ -34,10 +45,11 @@ from skylark.state.bundle import (
     ApplyResult,
     Bundle,
     BundleMeta,
+    Delta,
     Mechanism,
     Tombstone,
-    checksum_of_digests,
     field_digest,
+    size_of,
     validate_fields,
 )
 from skylark.state.errors import (
@@ -47,18 +59,64 @@ from skylark.state.errors import (
     VersionConflict,
     VersionsExhausted,
 )
-from skylark.state.numbers import INT64_MAX
 from skylark.state.names import validate_name
 from skylark.state.redis_client import connect
 from skylark.state.settings import Settings
 
-# How often a write is retried when another writer changed the same bundle in between.
-MAX_ATTEMPTS = 100
+# A step of a transaction that runs the store's script, and the suffix of staged keys.
+SCRIPT = object()
+STAGED = ":staged"
+
+_OUTCOMES = {o.value: o for o in ApplyOutcome} | {"mismatch": ApplyOutcome.NO_BASE}
 
 
 @cache
-def _inspect_script() -> str:
-    return files("skylark.state").joinpath("inspect.lua").read_text()
+def _write_script() -> tuple[str, str]:
+    """``write.lua`` and its SHA1 (what EVALSHA names it by)."""
+    text = files("skylark.state").joinpath("write.lua").read_text()
+    return text, hashlib.sha1(text.encode()).hexdigest()
+
+
+def _flat(fields: Mapping[str, bytes]) -> list[object]:
+    return [part for item in fields.items() for part in item]
+
+
+def transaction(client: redis.Redis, commands: Sequence[tuple]) -> list:
+    """``MULTI``, ``commands``, ``EXEC`` in one round trip on one of ``client``'s pooled
+    connections; the raw replies, a command's error as an exception object among them.
+
+    What redis-py's transactional pipeline does, without its per-command bookkeeping (response
+    callbacks, observability hooks), which costs ~70 µs of CPU per call here: as much as a
+    fifth of a 1 MB write. Connection errors are retried as the client's other commands are.
+    """
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    packed = conn.pack_commands([("MULTI",), *commands, ("EXEC",)])
+
+    def attempt() -> list:
+        conn.send_packed_command(packed)
+        refused = []
+        for _ in range(len(commands) + 1):  # +OK, then +QUEUED or a refusal for each command
+            try:
+                conn.read_response()
+            except ResponseError as exc:
+                refused.append(exc)
+        try:
+            return conn.read_response()
+        except ExecAbortError:
+            raise refused[0] if refused else ResponseError("EXECABORT") from None
+
+    try:
+        return conn.retry.call_with_retry(attempt, lambda error: conn.disconnect())
+    except BaseException:
+        conn.disconnect()  # replies may be left unread on it
+        raise
+    finally:
+        pool.release(conn)
+
+
+def _as_dict(reply) -> dict:  # noqa: ANN001 - a map (RESP3) or a flat list (RESP2)
+    return reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2]))
 
 
 def _now_ms() -> int:
@@ -94,48 +152,6 @@ def _parse_meta(chain: str, function: str, raw: Mapping[bytes, bytes], pttl: int
         mechanism=Mechanism(raw[b"mechanism"].decode()),
         ttl_ms=pttl if pttl > 0 else None,
     )
-
-
-@dataclass(frozen=True)
-class _Current:
-    """What a write found under WATCH."""
-
-    version: int
-    deleted: bool
-    mechanism: str | None
-    size: int
-    digests: dict[str, str]
-    lengths: dict[str, int]
-    checksum: str
-
-    @classmethod
-    def from_flat(cls, flat: list[bytes]) -> "_Current":
-        raw = dict(zip(flat[::2], flat[1::2]))
-        digests, lengths = {}, {}
-        for key, value in raw.items():
-            if key.startswith(b"d:"):
-                digests[key[2:].decode()] = value.decode()
-            elif key.startswith(b"l:"):
-                lengths[key[2:].decode()] = int(value)
-        mechanism = raw.get(b"mechanism")
-        return cls(
-            version=int(raw.get(b"version", 0)),
-            deleted=raw.get(b"deleted") == b"1",
-            mechanism=mechanism.decode() if mechanism else None,
-            size=int(raw.get(b"size", 0)),
-            digests=digests,
-            lengths=lengths,
-            checksum=raw.get(b"checksum", b"").decode(),
-        )
-
-
-def _next_version(pipe, chain: str, function: str, current: _Current) -> int:  # noqa: ANN001
-    """The version after ``current``; a received copy may sit at the int64 ceiling, after which
-    nothing can be written (a clear 409, not an overflow)."""
-    if current.version >= INT64_MAX:
-        pipe.unwatch()
-        raise VersionsExhausted(chain, function, current.version)
-    return current.version + 1
 
 
 @dataclass(frozen=True)
@@ -179,52 +195,57 @@ class StateStore:
             max_bundle_bytes=settings.max_bundle_bytes,
         )
 
-    # -- the optimistic transaction shared by every write --------------------------------
+    # -- the one round trip every write is ------------------------------------------------
 
-    def _transact(self, chain: str, function: str, what: str, plan, once_key: str | None = None) -> object:
-        """Run ``plan(pipe, current, seen)`` under WATCH until no concurrent write interferes.
-
-        ``plan`` raises to refuse (nothing queued yet) or calls ``pipe.multi()``, queues the
-        commands and returns a function of the EXEC results. ``seen`` says whether ``once_key``
-        exists (False without one); the key is watched too, so a concurrent delivery that sets
-        it makes this one retry and then see it.
-        """
+    def _keys(self, chain: str, function: str, once_key: str | None = None) -> list[str]:
         data_key, meta_key = keys.bundle_key(chain, function), keys.meta_key(chain, function)
-        inspected = [data_key, meta_key, self.change_stream] + ([once_key] if once_key else [])
+        return [data_key, meta_key, self.change_stream, data_key + STAGED, meta_key + ":commit",
+                *([once_key] if once_key else [])]
+
+    def _run(self, what: str, steps: Sequence[tuple]) -> list:
+        """One MULTI/EXEC of ``steps`` (a step ``(SCRIPT, keys, args)`` runs ``write.lua``; a
+        script alone is sent as it is); returns the replies. The script is loaded when Redis lacks it (restarted, or another
+        version of it): both its steps failed then and the values were staged only, so the
+        transaction is simply run again."""
+        text, sha = _write_script()
+        commands = [("EVALSHA", sha, len(step[1]), *step[1], *step[2]) if step[0] is SCRIPT else step
+                    for step in steps]
+
+        def run() -> list:
+            if len(commands) > 1:
+                return transaction(self.client, commands)
+            try:  # a script alone is atomic already
+                return [self.client.execute_command(*commands[0])]
+            except ResponseError as exc:
+                return [exc]
+
         with redis_errors(what):
-            with self.client.pipeline(transaction=True) as pipe:
-                for _ in range(MAX_ATTEMPTS):
-                    try:
-                        pipe.watch(meta_key, *inspected[3:])
-                        flat, data_type, stream_type, seen = pipe.eval(
-                            _inspect_script(), len(inspected), *inspected)
-                        if data_type not in (b"none", b"hash"):
-                            raise StoreUnavailable(f"state key {data_key} holds a {data_type.decode()}")
-                        if stream_type not in (b"none", b"stream"):
-                            raise StoreUnavailable(
-                                f"change stream key {self.change_stream} holds a {stream_type.decode()}")
-                        finish = plan(pipe, _Current.from_flat(flat), bool(seen))
-                        return finish(pipe.execute())
-                    except WatchError:
-                        continue
-        raise StoreUnavailable(f"{what} of {chain}/{function}: gave up after {MAX_ATTEMPTS} concurrent retries")
+            replies = run()
+            if isinstance(replies[0], NoScriptError):
+                self.client.script_load(text)
+                replies = run()
+        error = next((r for r in replies if isinstance(r, Exception)), None)
+        if error is not None:
+            raise StoreUnavailable(f"Redis refused {what}: {error}")
+        return replies
 
-    def _queue_drop(self, pipe, chain: str, function: str, current: _Current) -> None:
-        """Queue the removal of the current content and metadata (either mechanism)."""
-        doomed = [keys.bundle_key(chain, function), keys.meta_key(chain, function)]
-        if current.mechanism == Mechanism.SINGLE.value:
-            doomed += [keys.single_key(chain, function, name) for name in current.digests]
-        pipe.delete(*doomed)
+    def _check(self, what: str, chain: str, function: str, reply: list) -> list[str]:
+        """The check step's answer as text; refusals that are the store's state, not the
+        caller's input, raise :class:`StoreUnavailable`."""
+        answer = [part.decode() if isinstance(part, bytes) else str(part) for part in reply]
+        if answer[0] == "wrongtype":
+            raise StoreUnavailable(f"{what} of {chain}/{function}: key {answer[1]} holds a {answer[2]}")
+        if answer[0] == "exhausted":
+            raise VersionsExhausted(chain, function, int(answer[1]))
+        return answer
 
-    def _queue_change(self, pipe, chain, function, op, mechanism, names, version, size, checksum, now) -> None:
-        pipe.xadd(
-            self.change_stream,
-            {"chain": chain, "function": function, "op": op, "mechanism": mechanism,
-             "fields": ",".join(names), "version": version, "node": self.node, "size": size,
-             "checksum": checksum, "ts": now},
-            maxlen=self.change_stream_maxlen,
-            approximate=True,
-        )
+    @staticmethod
+    def _described(fields: Mapping[str, bytes], digests: Mapping[str, str]) -> list[object]:
+        """What the script is told of the values: their count, then name, digest, length each."""
+        out: list[object] = [len(fields)]
+        for name, value in fields.items():
+            out += [name, digests[name], len(value)]
+        return out
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -264,60 +285,37 @@ class StateStore:
         clean = validate_fields(fields)
         if not clean and not replace:
             raise ValueError("put needs at least one field")
-        new_digests = {name: field_digest(value) for name, value in clean.items()}
+        # A merged bundle is at least as large as what is written into it: refuse that here,
+        # before sending the bytes.
+        if size_of(clean) > self.max_bundle_bytes:
+            raise BundleTooLarge(size_of(clean), self.max_bundle_bytes)
+        digests = {name: field_digest(value) for name, value in clean.items()}
         single = mechanism is Mechanism.SINGLE
-        data_key, meta_key = keys.bundle_key(chain, function), keys.meta_key(chain, function)
-
-        def plan(pipe, current: _Current, seen: bool):
-            if expected_version is not None and int(expected_version) != current.version:
-                raise VersionConflict(int(expected_version), current.version)
-            # Start afresh on replace, after a delete (tombstone) or when the mechanism changes.
-            fresh = replace or current.deleted or (current.mechanism not in (None, mechanism.value))
-            digests = {} if fresh else dict(current.digests)
-            lengths = {} if fresh else dict(current.lengths)
-            size = 0 if fresh else current.size
-            for name, value in clean.items():
-                if name in lengths:
-                    size -= len(name.encode()) + lengths[name]
-                size += len(name.encode()) + len(value)
-                digests[name] = new_digests[name]
-                lengths[name] = len(value)
-            if size > self.max_bundle_bytes:
-                raise BundleTooLarge(size, self.max_bundle_bytes)
-            checksum = checksum_of_digests(digests)
-            version = _next_version(pipe, chain, function, current)
-            now = _now_ms()
-
-            pipe.multi()
-            if fresh:
-                self._queue_drop(pipe, chain, function, current)
-            meta_fields: dict[str, object] = {
-                "version": version, "node": self.node, "updated_ms": now, "size": size,
-                "checksum": checksum, "fields": len(digests), "mechanism": mechanism.value, "deleted": 0,
-            }
-            for name in clean:
-                meta_fields[f"d:{name}"] = new_digests[name]
-                meta_fields[f"l:{name}"] = lengths[name]
-            pipe.hset(meta_key, mapping=meta_fields)
-            self._queue_change(pipe, chain, function, "put", mechanism.value, list(clean), version,
-                               size, checksum, now)
-            entry_index = len(pipe.command_stack) - 1
-            # The values go last: Redis then parses a large value straight out of its query
-            # buffer instead of copying it (measurably cheaper for MB-sized fields).
-            if single:
-                for name, value in clean.items():
-                    pipe.set(keys.single_key(chain, function, name), value, ex=ttl_s or None)
-            elif clean:
-                pipe.hset(data_key, mapping=clean)
-            for key in ([meta_key] if single else [meta_key, data_key]):
-                if ttl_s:
-                    pipe.expire(key, int(ttl_s))
-                else:
-                    pipe.persist(key)
-            meta = BundleMeta(chain, function, version, self.node, now, size, checksum, len(digests), mechanism)
-            return lambda results: PutResult(meta, results[entry_index].decode())
-
-        return self._transact(chain, function, "put", plan)
+        prefix = keys.single_key(chain, function, "")
+        now = _now_ms()
+        check = ["put", chain, function, mechanism.value, int(replace),
+                 "" if expected_version is None else int(expected_version), self.max_bundle_bytes,
+                 self.node, now, self.change_stream_maxlen, prefix, *self._described(clean, digests)]
+        script_keys = self._keys(chain, function)
+        steps: list[tuple] = [(SCRIPT, script_keys, check)]
+        # The values go after the check and before the settle step, each staged key in its own
+        # command: a large value is then parsed straight out of Redis's query buffer.
+        if single:
+            steps += [("SET", f"{prefix}{name}{STAGED}", value) for name, value in clean.items()]
+        elif clean:
+            steps.append(("HSET", script_keys[3], *_flat(clean)))
+        expiry = "" if not ttl_s else int(ttl_s) * 1000
+        steps.append((SCRIPT, script_keys, ["settle", mechanism.value, expiry, prefix,
+                                            *(clean if single else ())]))
+        answer = self._check("put", chain, function, self._run("put", steps)[0])
+        if answer[0] == "conflict":
+            raise VersionConflict(int(expected_version), int(answer[1]))
+        if answer[0] == "too_large":
+            raise BundleTooLarge(int(answer[1]), self.max_bundle_bytes)
+        _, version, size, checksum, count, entry_id = answer
+        meta = BundleMeta(chain, function, int(version), self.node, now, int(size), checksum, int(count),
+                          mechanism)
+        return PutResult(meta, entry_id)
 
     def apply(self, bundle: Bundle, *, verify: bool = True, once_key: str | None = None,
               once_ttl_s: int = 86_400) -> ApplyResult:
@@ -333,48 +331,49 @@ class StateStore:
         event costs no extra round trip and there is no window between applying and marking.
         """
         meta = bundle.meta
-        validate_name("chain id", meta.chain)
-        validate_name("function name", meta.function)
-        clean = validate_fields(bundle.fields)
+        clean = self._incoming(meta, bundle.fields)
         if verify:
             digests = Bundle(meta, clean).verify()
         else:
             digests = {name: field_digest(value) for name, value in clean.items()}
+        return self._apply("apply", meta, clean, digests, once_key, once_ttl_s)
+
+    def apply_delta(self, delta: Delta, *, once_key: str | None = None, once_ttl_s: int = 86_400) -> ApplyResult:
+        """Apply the fields a write elsewhere changed, onto the version they were made on.
+
+        Applied only when this node holds exactly ``delta.base_version`` as a live bundle and
+        that base with the new fields laid over it is the announced bundle (its checksum and
+        size, computed here from the stored digests and the digests of the bytes received);
+        otherwise the outcome is ``NO_BASE`` and nothing is written or marked, so the whole
+        bundle can be applied next under the same ``once_key``. Newer, equal and older
+        versions, and ``once_key``, as in :meth:`apply`.
+        """
+        meta = delta.meta
+        clean = self._incoming(meta, delta.fields)
+        digests = {name: field_digest(value) for name, value in clean.items()}
+        return self._apply("delta", meta, clean, digests, once_key, once_ttl_s, delta.base_version)
+
+    def _incoming(self, meta: BundleMeta, fields: Mapping[str, bytes]) -> dict[str, bytes]:
+        validate_name("chain id", meta.chain)
+        validate_name("function name", meta.function)
+        clean = validate_fields(fields)
         if meta.size > self.max_bundle_bytes:
             raise BundleTooLarge(meta.size, self.max_bundle_bytes)
-        data_key, meta_key = keys.bundle_key(meta.chain, meta.function), keys.meta_key(meta.chain, meta.function)
+        return clean
 
-        mark = _marker(once_key, once_ttl_s)
-
-        def plan(pipe, current: _Current, seen: bool):
-            if seen:
-                return _refuse(pipe, ApplyResult(ApplyOutcome.SEEN, current.version, meta.version))
-            if meta.version < current.version:
-                return _refuse(pipe, ApplyResult(ApplyOutcome.STALE, current.version, meta.version), mark)
-            if meta.version == current.version:
-                outcome = ApplyOutcome.DUPLICATE if current.checksum == meta.checksum else ApplyOutcome.CONFLICT
-                return _refuse(pipe, ApplyResult(outcome, current.version, meta.version), mark)
-            pipe.multi()
-            mark(pipe)
-            self._queue_drop(pipe, meta.chain, meta.function, current)
-            if clean:
-                pipe.hset(data_key, mapping=clean)
-            meta_fields: dict[str, object] = {
-                "version": meta.version, "node": meta.node, "updated_ms": meta.updated_ms,
-                "size": meta.size, "checksum": meta.checksum, "fields": len(clean),
-                "mechanism": Mechanism.BUNDLED.value, "deleted": 0,
-            }
-            for name, value in clean.items():
-                meta_fields[f"d:{name}"] = digests[name]
-                meta_fields[f"l:{name}"] = len(value)
-            pipe.hset(meta_key, mapping=meta_fields)
-            if meta.ttl_ms:
-                # The copy expires with the original (the keys were just recreated: no TTL yet).
-                pipe.pexpire(data_key, meta.ttl_ms)
-                pipe.pexpire(meta_key, meta.ttl_ms)
-            return lambda results: ApplyResult(ApplyOutcome.APPLIED, meta.version, meta.version)
-
-        return self._transact(meta.chain, meta.function, "apply", plan, once_key)
+    def _apply(self, op: str, meta: BundleMeta, clean: dict[str, bytes], digests: Mapping[str, str],
+               once_key: str | None, once_ttl_s: int, base_version: int | None = None) -> ApplyResult:
+        script_keys = self._keys(meta.chain, meta.function, once_key)
+        check = [op, once_ttl_s, meta.version, meta.node, meta.updated_ms, meta.size, meta.checksum,
+                 keys.single_key(meta.chain, meta.function, ""), *self._described(clean, digests),
+                 *([base_version] if base_version is not None else [])]
+        steps: list[tuple] = [(SCRIPT, script_keys, check)]
+        if clean:
+            steps.append(("HSET", script_keys[3], *_flat(clean)))
+        # The copy expires with the original (relative: the nodes need not share a clock).
+        steps.append((SCRIPT, script_keys, ["settle", Mechanism.BUNDLED.value, meta.ttl_ms or "", ""]))
+        answer = self._check(op, meta.chain, meta.function, self._run(op, steps)[0])
+        return ApplyResult(_OUTCOMES[answer[0]], int(answer[1]), meta.version)
 
     def delete(self, chain: str, function: str) -> int:
         """Delete the state (either mechanism), leaving a tombstone that keeps the version so a
@@ -384,20 +383,13 @@ class StateStore:
         """
         validate_name("chain id", chain)
         validate_name("function name", function)
-
-        def plan(pipe, current: _Current, seen: bool):
-            if current.version == 0 or current.deleted:
-                pipe.unwatch()
-                raise BundleNotFound(chain, function)
-            version = _next_version(pipe, chain, function, current)
-            now = _now_ms()
-            pipe.multi()
-            self._queue_tombstone(pipe, Tombstone(chain, function, version, self.node, now), current)
-            self._queue_change(pipe, chain, function, "delete", current.mechanism or "bundled",
-                               sorted(current.digests), version, 0, "", now)
-            return lambda results: version
-
-        return self._transact(chain, function, "delete", plan)
+        check = ["delete", chain, function, self.node, _now_ms(), self.change_stream_maxlen,
+                 self.tombstone_ttl_s, keys.single_key(chain, function, "")]
+        answer = self._check("delete", chain, function,
+                             self._run("delete", [(SCRIPT, self._keys(chain, function), check)])[0])
+        if answer[0] == "not_found":
+            raise BundleNotFound(chain, function)
+        return int(answer[1])
 
     def apply_tombstone(self, tombstone: Tombstone, *, once_key: str | None = None,
                         once_ttl_s: int = 86_400) -> ApplyResult:
@@ -409,38 +401,14 @@ class StateStore:
         content is a ``CONFLICT`` (kept); an older one is ``STALE``. ``once_key`` as in
         :meth:`apply`. Not appended to the change stream.
         """
-        validate_name("chain id", tombstone.chain)
-        validate_name("function name", tombstone.function)
-
-        mark = _marker(once_key, once_ttl_s)
-
-        def plan(pipe, current: _Current, seen: bool):
-            def refuse(outcome: ApplyOutcome, queue=mark):
-                return _refuse(pipe, ApplyResult(outcome, current.version, tombstone.version), queue)
-
-            if seen:
-                return refuse(ApplyOutcome.SEEN, None)
-            if tombstone.version < current.version:
-                return refuse(ApplyOutcome.STALE)
-            if tombstone.version == current.version:
-                return refuse(ApplyOutcome.DUPLICATE if current.deleted else ApplyOutcome.CONFLICT)
-            pipe.multi()
-            mark(pipe)
-            self._queue_tombstone(pipe, tombstone, current)
-            return lambda results: ApplyResult(ApplyOutcome.APPLIED, tombstone.version, tombstone.version)
-
-        return self._transact(tombstone.chain, tombstone.function, "tombstone", plan, once_key)
-
-    def _queue_tombstone(self, pipe, tombstone: Tombstone, current: _Current) -> None:
-        """Queue the drop of the content and the tombstone that keeps its version for a while."""
-        meta_key = keys.meta_key(tombstone.chain, tombstone.function)
-        self._queue_drop(pipe, tombstone.chain, tombstone.function, current)
-        pipe.hset(meta_key, mapping={
-            "version": tombstone.version, "node": tombstone.node, "updated_ms": tombstone.updated_ms,
-            "size": 0, "checksum": "", "fields": 0,
-            "mechanism": current.mechanism or Mechanism.BUNDLED.value, "deleted": 1,
-        })
-        pipe.expire(meta_key, self.tombstone_ttl_s)
+        chain, function = tombstone.chain, tombstone.function
+        validate_name("chain id", chain)
+        validate_name("function name", function)
+        check = ["tombstone", once_ttl_s, tombstone.version, tombstone.node, tombstone.updated_ms,
+                 self.tombstone_ttl_s, keys.single_key(chain, function, "")]
+        steps = [(SCRIPT, self._keys(chain, function, once_key), check)]
+        answer = self._check("tombstone", chain, function, self._run("tombstone", steps)[0])
+        return ApplyResult(_OUTCOMES[answer[0]], int(answer[1]), tombstone.version)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -448,16 +416,18 @@ class StateStore:
         """The whole bundle in one round trip; :class:`BundleNotFound` if there is none."""
         validate_name("chain id", chain)
         validate_name("function name", function)
+        data_key, meta_key = keys.bundle_key(chain, function), keys.meta_key(chain, function)
         with redis_errors("get_bundle"):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.hgetall(keys.bundle_key(chain, function))
-            pipe.hgetall(keys.meta_key(chain, function))
-            pipe.pttl(keys.meta_key(chain, function))  # a write's ttl_s expires data and meta together
-            data, raw_meta, pttl = pipe.execute()
-        meta = _parse_meta(chain, function, raw_meta, pttl)
+            # A write's ttl_s expires data and meta together: the meta's PTTL is the bundle's.
+            replies = transaction(self.client, [("HGETALL", data_key), ("HGETALL", meta_key), ("PTTL", meta_key)])
+        error = next((r for r in replies if isinstance(r, Exception)), None)
+        if error is not None:
+            raise StoreUnavailable(f"Redis refused get_bundle: {error}")
+        data, raw_meta, pttl = replies
+        meta = _parse_meta(chain, function, _as_dict(raw_meta), pttl)
         if meta is None or meta.mechanism is not Mechanism.BUNDLED:
             raise BundleNotFound(chain, function)
-        return Bundle(meta, {name.decode(): value for name, value in data.items()})
+        return Bundle(meta, {name.decode(): value for name, value in _as_dict(data).items()})
 
     def get_meta(self, chain: str, function: str) -> BundleMeta | None:
         """Metadata only (version, size, checksum...), or ``None`` when absent or deleted."""
@@ -501,20 +471,3 @@ class StateStore:
             return bool(self.client.ping())
         except redis.RedisError:
             return False
-
-
-def _marker(once_key: str | None, ttl_s: int):
-    """The queued step that records a delivery's idempotency key (a no-op without one)."""
-    def mark(pipe) -> None:
-        if once_key:
-            pipe.set(once_key, b"1", ex=ttl_s)
-    return mark
-
-
-def _refuse(pipe, result, queue=None):
-    """End a transaction that leaves the state alone (``queue`` may add e.g. a mark), returning ``result``."""
-    pipe.unwatch()
-    pipe.multi()
-    if queue is not None:
-        queue(pipe)
-    return lambda results: result
