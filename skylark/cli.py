@@ -252,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     up_p.add_argument("--emulate-network", action="store_true",
                       help="one network namespace per node, links shaped with tc netem (root)")
     up_p.add_argument("--policy", choices=POLICIES, help="override the workflow's policy")
+    up_p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                      help="an environment variable for every service (repeatable), e.g. SKYLARK_PROPAGATION_WAIT_MS=500")
+    up_p.add_argument("--trace", action="store_true", help="record traces: every service exports its spans to "
+                      "a collector of the cluster (skylark run --trace draws them)")
     up_p.add_argument("--snapshot", type=int, help="use this snapshot of the topology for the whole run (default: "
                       "the file as it is; snapshots rotate with the clock)")
     up_p.add_argument("--base-port", type=int, help="use consecutive ports from here; pick them below the ephemeral range (Linux: 32768) so outgoing connections cannot take one (default: free ones)")
@@ -266,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_p.add_argument("--policies", default=",".join(DEMO_MODES),
                         help=f"comma-separated policies to compare (default {','.join(DEMO_MODES)})")
     demo_p.add_argument("--report", help="also write the results as JSON to this file")
+    demo_p.add_argument("--trace", action="store_true", help="record traces; draw one invocation's per policy")
     demo_p.set_defaults(func=cmd_demo)
 
     run_p = sub.add_parser("run", help="submit one invocation of a workflow and show where its time went")
@@ -282,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--standalone", action="store_true", help="start a cluster even if one is running")
     run_p.add_argument("--emulate-network", action="store_true", help="as for up (new cluster only; root)")
     run_p.add_argument("--json", action="store_true", help="print the result as JSON")
+    run_p.add_argument("--trace", action="store_true", help="draw the invocation's trace as a waterfall")
     run_p.set_defaults(func=cmd_run)
 
     dl_p = sub.add_parser("deadletter", help="list, show or replay the dead letters of the running local cluster")

@@ -123,6 +123,10 @@ def test_files_and_the_environment(tmp_path):
     as_json = json.dumps(parse_workflow(SCORING).to_document())
     assert workflow_from_env({"SKYLARK_WORKFLOW": as_json}) == parse_workflow(SCORING)
     assert workflow_from_env({}) is None and workflow_from_env({"SKYLARK_WORKFLOW": " "}) is None
+    # SKYLARK_POLICY overrides the declared policy (the chart's config.policy, skylark up --policy)
+    assert workflow_from_env({"SKYLARK_WORKFLOW": str(path), "SKYLARK_POLICY": "pull"}).policy == "pull"
+    with pytest.raises(WorkflowError, match="must be one of"):
+        workflow_from_env({"SKYLARK_WORKFLOW": str(path), "SKYLARK_POLICY": "fastest"})
     with pytest.raises(WorkflowError, match="cannot read"):
         load_workflow(tmp_path / "missing.yaml")
     (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9".encode("latin-1"))

@@ -124,9 +124,12 @@ class LocalCluster:
                  policy: str | None = None, emulate_network: bool = False, workers: int = 1, threads: int = 4,
                  base_port: int | None = None, chart_values: str | Path | None = None,
                  console: Console | None = None, log_level: str = "WARNING",
-                 extra_env: Mapping[str, str] | None = None, snapshot: int | None = None) -> None:
+                 extra_env: Mapping[str, str] | None = None, snapshot: int | None = None,
+                 trace: bool = False) -> None:
         self.topology_path = Path(topology_path or default_topology_path())
         self.snapshot = snapshot
+        # With ``trace``, every service exports its spans to the cluster's collector (traces.py).
+        self.cluster_services = (*CLUSTER_SERVICES, "traces") if trace else CLUSTER_SERVICES
         if workflow is None or isinstance(workflow, (str, Path)):
             self.workflow_source = str(workflow or default_workflow_path())
             workflow = load_workflow(self.workflow_source)
@@ -196,7 +199,7 @@ class LocalCluster:
 
     def ports_needed(self) -> int:
         """How many consecutive ports ``--base-port`` needs for this topology and workflow."""
-        return sum(len(self._node_services(n)) for n in self.node_names) + len(CLUSTER_SERVICES)
+        return sum(len(self._node_services(n)) for n in self.node_names) + len(self.cluster_services)
 
     def _allocate(self) -> None:
         if self.emulate_network:
@@ -210,7 +213,7 @@ class LocalCluster:
                 self.nodes[name] = NodeRuntime(
                     name, ports, supervisor_host=net.mgmt_addr, peer_host=net.node_addr,
                     peer_ports=dict(RELAY_PORTS) if relay else {}, netns=net.netns, cluster_host=net.host_addr)
-            self.cluster_ports = {s: free_port() for s in CLUSTER_SERVICES}
+            self.cluster_ports = {s: free_port() for s in self.cluster_services}
             return
         next_port = self.base_port
 
@@ -225,7 +228,7 @@ class LocalCluster:
 
         for name in self.node_names:
             self.nodes[name] = NodeRuntime(name, {s: take(f"{s} of {name}") for s in self._node_services(name)})
-        self.cluster_ports = {s: take(f"the {s} service") for s in CLUSTER_SERVICES}
+        self.cluster_ports = {s: take(f"the {s} service") for s in self.cluster_services}
 
     def broker_ingress(self, node: str, *, view: str = "supervisor") -> str:
         return f"{self.nodes[node].url('broker', view=view)}/{NAMESPACE}/{self.broker_name}"
@@ -297,8 +300,15 @@ class LocalCluster:
         host = "0.0.0.0" if node.netns else node.inside_host
         return f"{host}:{node.ports[service]}"
 
+    def _tracing_env(self, service_name: str, node: str | None) -> dict[str, str]:
+        if "traces" not in self.cluster_ports:
+            return {}
+        return {"OTEL_EXPORTER_OTLP_ENDPOINT": self.cluster_url("traces", node), "OTEL_SERVICE_NAME": service_name,
+                "OTEL_BSP_SCHEDULE_DELAY": "100"}  # spans reach the waterfall right after the run
+
     def _service_env(self, node: NodeRuntime, service: str, base: dict[str, str]) -> dict[str, str]:
         env = dict(base)
+        env.update(self._tracing_env(f"{service.removeprefix('fn:')}@{node.name}", node.name))
         env.update({
             "PORT": str(node.ports[service]),
             "SKYLARK_BIND": self._bind(node, service),
@@ -368,7 +378,7 @@ class LocalCluster:
         port = self.cluster_ports[service]
         binds = ([f"{n.cluster_host}:{port}" for n in self.nodes.values()] if self.emulation
                  else [f"127.0.0.1:{port}"])
-        env = {**base, "PORT": str(port), "SKYLARK_BIND": ",".join(binds), **extra}
+        env = {**base, "PORT": str(port), "SKYLARK_BIND": ",".join(binds), **self._tracing_env(service, None), **extra}
         return Child(service, gunicorn_argv(service), env, logs / f"{service}.log",
                      ready=http_ready(f"{self.cluster_url(service)}/healthz"))
 
@@ -388,6 +398,9 @@ class LocalCluster:
                 "SKYLARK_DEADLETTER_STORES": json.dumps({n.name: n.redis_url() for n in self.nodes.values()})})),
             self._spawn(self._cluster_child("observer", base, logs, {"SKYLARK_WORKERS": "1", "SKYLARK_THREADS": "16"})),
         ]
+        if "traces" in self.cluster_ports:
+            started.append(self._spawn(self._cluster_child("traces", base, logs, {
+                "SKYLARK_WORKERS": "1", "SKYLARK_THREADS": "16", "OTEL_SDK_DISABLED": "true"})))
         for node in self.nodes.values():
             for service in self._node_services(node.name):
                 if service != "redis":
@@ -478,6 +491,7 @@ class LocalCluster:
         return {
             "pid": os.getpid(), "workflow": self.workflow.to_document(), "workflow_source": self.workflow_source,
             "topology": str(self.topology_path), "observer_url": self.observer_url(),
+            "traces_url": self.cluster_url("traces") if "traces" in self.cluster_ports else None,
             "emulated": self.emulation is not None,
             "nodes": {name: {"broker_ingress": self.broker_ingress(name), "redis_url": node.redis_url(),
                              "handlers_url": node.url("handlers"), "functions": node.functions}
@@ -489,7 +503,7 @@ class LocalCluster:
                             f"policy {self.policy}", caption=f"logs in {self.workdir / 'logs'}")
         for col in ("node", "service", "listens at"):
             table.add_column(col)
-        for service in CLUSTER_SERVICES:
+        for service in self.cluster_services:
             table.add_row("(cluster)", service, self.cluster_url(service))
         for node in self.nodes.values():
             table.add_row(node.name, "redis", node.redis_url())
@@ -500,11 +514,23 @@ class LocalCluster:
         return table
 
 
+def env_pairs(pairs: list[str]) -> dict[str, str]:
+    """``--env KEY=VALUE`` arguments as a mapping."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--env {pair!r} must be KEY=VALUE")
+        out[key] = value
+    return out
+
+
 def main_up(args) -> int:
     console = Console()
     cluster = LocalCluster(args.topology, workflow=args.workflow, policy=args.policy,
                            emulate_network=args.emulate_network, base_port=args.base_port, console=console,
-                           log_level="INFO", snapshot=args.snapshot)
+                           log_level="INFO", snapshot=args.snapshot, trace=args.trace,
+                           extra_env=env_pairs(args.env))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

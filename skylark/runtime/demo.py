@@ -27,6 +27,7 @@ from eventing.publisher import Publisher
 from skylark.runtime.cluster import LocalCluster, default_workflow_path
 from skylark.runtime.invoke import ClusterView, Invocation, e2e_table, input_event, invoke, stages_table, summary_json
 from skylark.runtime.stats import percentile
+from skylark.runtime.waterfall import new_traceparent, waterfall
 from skylark.state.errors import ConfigError
 from skylark.state.settings import POLICIES
 
@@ -69,8 +70,11 @@ def main_demo(args) -> int:
     run_tag = secrets.token_hex(3)
     results: dict[str, list[Invocation]] = {}
     started = time.monotonic()
+    trace = bool(getattr(args, "trace", False))
     cluster = LocalCluster(args.topology, workflow=default_workflow_path(), policy=modes[0],
-                           emulate_network=args.emulate_network, base_port=args.base_port, console=console)
+                           emulate_network=args.emulate_network, base_port=args.base_port, console=console,
+                           trace=trace)
+    traced: dict[str, str] = {}  # policy -> the trace id of one of its chains
     with console.status("starting a local cluster (Redis, handlers, functions, brokers per node)…"):
         cluster.start()
     try:
@@ -81,7 +85,11 @@ def main_demo(args) -> int:
 
         def run_one(mode: str, index: int, image: bytes) -> Invocation:
             chain = f"demo-{run_tag}-{mode}-{index:02d}"
-            return invoke(view, input_event(view, chain, body=image, content_type="image/jpeg"), publisher)
+            traceparent, trace_id = new_traceparent()
+            if index == 0:
+                traced[mode] = trace_id
+            return invoke(view, input_event(view, chain, body=image, content_type="image/jpeg",
+                                            traceparent=traceparent), publisher)
 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console) as progress:
@@ -107,6 +115,9 @@ def main_demo(args) -> int:
                 console.print(f"skylark / {mode} (p50 end to end): {p50['skylark'] / p50[mode]:.2f}×")
         if "skylark" in results:
             console.print(alarms_table(images, results["skylark"]))
+        for mode, trace_id in traced.items() if trace else ():
+            spans = view.spans(trace_id)
+            console.print(waterfall(spans, f"policy {mode}: the first chain's trace ({len(spans)} spans)"))
         if cluster.emulation is None:
             console.print("[yellow]links are not emulated[/yellow]: all nodes run on 127.0.0.1, so a remote "
                           "read costs a loopback round trip, not a satellite link (try --emulate-network as root)")

@@ -36,12 +36,29 @@ class ClusterView:
     brokers: Mapping[str, str]
     observer_url: str
     emulated: bool = False
+    traces_url: str | None = None  # the trace collector, when the cluster records traces
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ClusterView":
         return cls(Workflow.from_document(data["workflow"], source="cluster state"),
                    {name: node["broker_ingress"] for name, node in data["nodes"].items()},
-                   data["observer_url"], bool(data.get("emulated")))
+                   data["observer_url"], bool(data.get("emulated")), data.get("traces_url"))
+
+    def spans(self, trace_id: str, *, settle_s: float = 1.0, timeout_s: float = 10.0) -> list[dict[str, Any]]:
+        """The spans of a trace, once no new one arrived for ``settle_s`` (they come in batches
+        from every service)."""
+        if not self.traces_url:
+            raise ConfigError("this cluster records no traces: start it with --trace")
+        deadline = time.monotonic() + timeout_s
+        spans: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            more = requests.get(f"{self.traces_url}/traces/{trace_id}",
+                                params={"min_spans": len(spans) + 1, "wait_ms": int(settle_s * 1000)},
+                                timeout=settle_s + 5).json()["spans"]
+            if len(more) == len(spans):
+                break
+            spans = more
+        return spans
 
     def entry_node(self) -> str:
         """Where the input goes: the node of the first function that takes an entry type."""
@@ -71,17 +88,20 @@ class Invocation:
 
 
 def input_event(view: ClusterView, chain: str, *, body: bytes | None = None, data: Any = None,
-                content_type: str | None = None, event_type: str | None = None, event_id: str | None = None):
-    """The workflow's input event: a binary ``body`` (a file) or JSON ``data``."""
+                content_type: str | None = None, event_type: str | None = None, event_id: str | None = None,
+                traceparent: str | None = None):
+    """The workflow's input event: a binary ``body`` (a file) or JSON ``data``; ``traceparent``
+    starts its trace."""
     entry_types = view.workflow.entry_types()
     event_type = event_type or (entry_types[0] if entry_types else None)
     if event_type is None:
         raise ConfigError(f"workflow {view.workflow.name} has no entry type; pass --type")
+    extensions = {catalogue.EXT_CHAIN: chain, "traceparent": traceparent}
     if body is not None:
         return new_event(event_type, "/skylark/run", body, id_=event_id or f"{chain}-input",
-                         datacontenttype=content_type or "application/octet-stream", **{catalogue.EXT_CHAIN: chain})
+                         datacontenttype=content_type or "application/octet-stream", **extensions)
     return new_event(event_type, "/skylark/run", data if data is not None else {}, id_=event_id or f"{chain}-input",
-                     **{catalogue.EXT_CHAIN: chain})
+                     **extensions)
 
 
 def guess_content_type(path: Path) -> str:

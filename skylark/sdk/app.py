@@ -29,6 +29,7 @@ from typing import Any
 
 from cloudevents.core.base import BaseCloudEvent
 from flask import Flask, Response, request
+from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from eventing import catalogue
@@ -49,6 +50,7 @@ from skylark.sdk.function import Function
 from skylark.sdk.node import NodeState, default_peers, default_placement
 from skylark.serving.logs import configure_logging
 from skylark.serving.metrics import exposition_registry
+from skylark.serving.tracing import configure_tracing, context_of_event, current_traceparent, tracer
 from skylark.serving.web import ClientError, health_blueprint, install_error_handlers, read_body
 from skylark.state.dedupe import Deduper
 from skylark.state.errors import ConfigError
@@ -157,6 +159,7 @@ class _Service:
             self.stop()  # what was opened before the failure (the placement's HTTP client...)
             raise
 
+        self.tracer = tracer("skylark.sdk")
         self.registry = CollectorRegistry()
         self.events = Counter("skylark_function_events", "Events handled, by outcome",
                               ["function", "outcome"], registry=self.registry)
@@ -207,7 +210,16 @@ class _Service:
 
     # -- one event ------------------------------------------------------------------------
 
-    def handle(self, event: BaseCloudEvent) -> Response:
+    def handle(self, event: BaseCloudEvent, headers: Mapping[str, str] | None = None) -> Response:
+        """One event, in a span that continues its trace (what the function reads and writes
+        are child spans; the events it emits carry this span as their parent)."""
+        with self.tracer.start_as_current_span(
+                self.name, context=context_of_event(event, headers), kind=SpanKind.CONSUMER,
+                attributes={"skylark.function": self.name, "skylark.node": self.state.node,
+                            "cloudevents.event_type": event.get_type(), "cloudevents.event_id": event.get_id()}) as span:
+            return self._handle(event, span)
+
+    def _handle(self, event: BaseCloudEvent, span) -> Response:  # noqa: ANN001
         if self.accepts and event.get_type() not in self.accepts:
             raise ClientError(400, "unsupported_event_type",
                               f"{self.name} accepts {', '.join(self.accepts)}, not {event.get_type()!r}")
@@ -215,6 +227,7 @@ class _Service:
         chain = chain_of(event, data)
         trace = trace_of(data)
         located = located_states(event, data)
+        span.set_attribute("skylark.chain", chain)
         # A redelivered input whose result was already published is acknowledged, not redone
         # (no second state version, no second record). In reply mode the result travels in the
         # answer, which may have been lost: there the input is handled again.
@@ -235,6 +248,8 @@ class _Service:
         for name, ms in (("fetch", stage.fetch_ms), ("compute", stage.compute_ms), ("store", stage.store_ms)):
             self.stage_seconds.labels(self.name, name).observe(ms / 1000)
         outcome = emits[0].type if emits else "no_event"
+        span.set_attributes({f"skylark.{k}": v for k, v in stage.to_dict().items() if v is not None and k != "function"}
+                            | {"skylark.outcome": outcome})
         log.info("%s %s", self.name, outcome, extra={
             "chain": chain, "event_id": event.get_id(), "function": self.name, "outcome": outcome,
             **stage.to_dict()})
@@ -266,6 +281,7 @@ class _Service:
         if own is not None:
             attributes.update({catalogue.EXT_FUNCTION: self.name, catalogue.EXT_NODE: own.node,
                                catalogue.EXT_VERSION: own.version, catalogue.EXT_SIZE: own.size})
+        attributes.update(current_traceparent())  # this invocation's span is the parent of what follows
         attributes.update(emit.extensions)
         return new_event(emit.type, catalogue.source_for(ctx.node, self.name), data,
                          id_=result_id(self.name, emit.type, index, cause),
@@ -323,6 +339,7 @@ def create_app(function: Function | str | None = None, *, settings: FunctionSett
     service at ``SKYLARK_NEIGHBORS_URL``, or ``SKYLARK_PEERS`` and none."""
     settings = settings or FunctionSettings.from_env()
     configure_logging(settings.core.log_level)
+    configure_tracing(f"skylark-function-{settings.name or 'function'}")
     if function is None:
         function = settings.entry
         if not function:
@@ -343,6 +360,6 @@ def create_app(function: Function | str | None = None, *, settings: FunctionSett
             event = parse(request.headers, read_body())  # bounded, chunked bodies too (413)
         except InvalidEvent as exc:
             raise ClientError(400, exc.code, exc.detail) from None
-        return service.handle(event)
+        return service.handle(event, request.headers)
 
     return app

@@ -18,6 +18,7 @@ from cloudevents.core.base import BaseCloudEvent
 from skylark.sdk.config import Config
 from skylark.sdk.envelope import ENVELOPE_KEY, Located
 from skylark.sdk.node import NodeState
+from skylark.serving.tracing import tracer
 from skylark.serving.web import ClientError
 from skylark.state.bundle import Bundle
 from skylark.state.keys import DEFAULT_CHANGE_STREAM, dead_letter_stream
@@ -27,6 +28,8 @@ from skylark.state.reader import BundleRead
 from skylark.state.store import PutResult, redis_errors
 
 __all__ = ["Context", "Emit", "InputError", "StateAccess", "StateError", "check_stream"]
+
+_TRACER = tracer("skylark.sdk")
 
 INLINE = "inline"  # the input came inside the event, not from state
 # Keys an author may not append to: Skylark's own state and bookkeeping.
@@ -93,11 +96,14 @@ class StateAccess:
         values = {k: v.encode() if isinstance(v, str) else v for k, v in fields.items()}
         store = ctx.node_state.store
         start = time.perf_counter()
-        try:
-            write = store.put_single if single else store.put
-            result = write(ctx.chain, name, values, replace=replace, ttl_s=ttl_s)
-        finally:
-            ctx.clock.store_ms += (time.perf_counter() - start) * 1000
+        with _TRACER.start_as_current_span(f"write {name}", attributes={"skylark.function": name}) as span:
+            try:
+                write = store.put_single if single else store.put
+                result = write(ctx.chain, name, values, replace=replace, ttl_s=ttl_s)
+            finally:
+                ctx.clock.store_ms += (time.perf_counter() - start) * 1000
+            span.set_attributes({"skylark.version": result.meta.version, "skylark.bytes": result.meta.size,
+                                 "skylark.mechanism": "single" if single else "bundled"})
         ctx.written[name] = Located(store.node, result.meta.version, result.meta.size)
         return result
 
@@ -217,11 +223,16 @@ class Context:
         if min_version is None:
             min_version = where.version if where and origin == where.node else 0
         start = time.perf_counter()
-        try:
-            read = self.node_state.read(chain, function, origin, min_version, where.size if where else 0,
-                                        reader=self.function)
-        finally:
-            self.clock.fetch_ms += (time.perf_counter() - start) * 1000
+        with _TRACER.start_as_current_span(f"read {function}", attributes={
+                "skylark.function": function, "skylark.origin": origin or "", "skylark.min_version": min_version}) as span:
+            try:
+                read = self.node_state.read(chain, function, origin, min_version, where.size if where else 0,
+                                            reader=self.function)
+            finally:
+                self.clock.fetch_ms += (time.perf_counter() - start) * 1000
+            span.set_attributes({"skylark.read.location": read.location, "skylark.read.node": read.node,
+                                 "skylark.bytes": read.bundle.meta.size, "skylark.version": read.bundle.version,
+                                 "skylark.waited_ms": round(read.waited_ms, 3)})
         if self.clock.first_read is None:
             self.clock.first_read = read
         return read.bundle

@@ -19,6 +19,7 @@ SERVICES = {
     "broker": "eventing.broker.app:create_app()",
     "dead-letter": "skylark.runtime.deadletter:create_app()",
     "observer": "skylark.runtime.observer:create_app()",
+    "traces": "skylark.runtime.traces:create_app()",
 }
 ENTRY_ENV = "SKYLARK_FUNCTION"
 

@@ -79,10 +79,18 @@ def load_workflow(path: str | Path) -> Workflow:
 
 
 def workflow_from_env(env: Mapping[str, str] | None = None) -> Workflow | None:
-    """``SKYLARK_WORKFLOW``: a file path, or the declaration itself (YAML/JSON); None when unset."""
-    raw = (os.environ if env is None else env).get(ENV_WORKFLOW, "").strip()
+    """``SKYLARK_WORKFLOW``: a file path, or the declaration itself (YAML/JSON); None when unset.
+
+    ``SKYLARK_POLICY``, when set, overrides the declaration's policy: one workflow runs under
+    another policy (the chart's ``config.policy``, ``skylark up --policy``) without an edit.
+    """
+    env = os.environ if env is None else env
+    raw = env.get(ENV_WORKFLOW, "").strip()
     if not raw:
         return None
     if "\n" in raw or raw.startswith("{"):
-        return parse_workflow(raw, f"${ENV_WORKFLOW}")
-    return load_workflow(raw)
+        workflow = parse_workflow(raw, f"${ENV_WORKFLOW}")
+    else:
+        workflow = load_workflow(raw)
+    policy = env.get("SKYLARK_POLICY", "").strip()
+    return workflow.with_policy(policy) if policy else workflow
