@@ -44,6 +44,9 @@ IMPORT_NAMES = {
     "redis": "redis", "xxhash": "xxhash", "pyyaml": "yaml", "cloudevents": "cloudevents", "flask": "flask",
     "gunicorn": "gunicorn", "requests": "requests", "urllib3": "urllib3", "prometheus-client": "prometheus_client",
     "pillow": "PIL", "opencv-python-headless": "cv2", "numpy": "numpy", "kubernetes": "kubernetes",
+    # three distributions, one import package
+    "opentelemetry-api": "opentelemetry", "opentelemetry-sdk": "opentelemetry",
+    "opentelemetry-exporter-otlp-proto-http": "opentelemetry", "zstandard": "zstandard",
 }
 
 
