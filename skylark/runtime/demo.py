@@ -123,6 +123,7 @@ def main_demo(args) -> int:
                           "read costs a loopback round trip, not a satellite link (try --emulate-network as root)")
     finally:
         restarts = cluster.restarts()
+        namespaces = sorted(n.netns for n in cluster.nodes.values() if n.netns)
         with console.status("stopping the cluster…"):
             cluster.stop()
     total = sum(len(v) for v in results.values())
@@ -134,7 +135,7 @@ def main_demo(args) -> int:
         with open(args.report, "w") as out:
             json.dump({"workflow": cluster.workflow.name, "emulated": args.emulate_network, "completed": done,
                        "total": total, "placement": {f.name: f.node for f in cluster.workflow.functions},
-                       "restarts": restarts,
+                       "restarts": restarts, "namespaces": namespaces,
                        "chains": chains}, out, indent=1)
     console.print(f"{done}/{total} chains completed in {time.monotonic() - started:.1f} s")
     for mode, runs in results.items():
