@@ -530,3 +530,22 @@ def test_apply_delta_on_its_base_and_refusals_that_ask_for_the_whole(store, redi
     assert store.apply_delta(delta, once_key="once:s").outcome is ApplyOutcome.STALE
     assert redis_client.exists("once:s")
     assert [k for k in redis_client.keys("*") if k.endswith((b":staged", b":commit"))] == []
+
+
+def test_leftovers_of_a_write_that_never_settled_cannot_leak_into_the_next(store, redis_client):
+    # What a transaction whose settle step never ran would leave (it cannot happen within one
+    # EXEC; this checks that even then a later write takes nothing of it).
+    store.put("c", "f", {"a": b"1"})
+    redis_client.set(keys.meta_key("c", "f") + ":commit", "not this transaction's nonce")
+    redis_client.hset(keys.bundle_key("c", "f") + ":staged", "junk", b"left over")
+    with pytest.raises(VersionConflict):
+        store.put("c", "f", {"a": b"2"}, expected_version=7)
+    assert store.get_bundle("c", "f").fields == {"a": b"1"}
+    redis_client.hset(keys.bundle_key("c", "f") + ":staged", "junk", b"left over")
+    store.put("c", "f", {"b": b"2"}, replace=True)
+    store.put("c", "g", {"b": b"2"})
+    redis_client.hset(keys.bundle_key("c", "h") + ":staged", "junk", b"left over")
+    store.put("c", "h", {"b": b"2"})  # first write: merges into nothing
+    for function in "fgh":
+        assert store.get_bundle("c", function).fields == {"b": b"2"}
+    assert [k for k in redis_client.keys("*") if k.endswith((b":staged", b":commit"))] == []

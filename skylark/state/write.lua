@@ -6,14 +6,15 @@
 -- itself. The check step decides from small arguments (names, digests, lengths) and the stored
 -- metadata; when it accepts, it writes the metadata and the change entry, moves the stored data
 -- into the staging key if the write merges into it (RENAME: O(1), nothing copied) and sets the
--- commit marker. The settle step renames the staging key over the data when the marker is there
--- and drops it otherwise, so a refused write -- or a check step that failed with an error, since
--- EXEC does not stop at one -- leaves nothing behind. Writes without values (delete, tombstone)
+-- commit marker to the transaction's nonce. The settle step renames the staging key over the
+-- data when the marker holds that nonce and drops it otherwise, so a refused write -- or a check
+-- step that failed with an error, since EXEC does not stop at one -- leaves nothing behind. Writes without values (delete, tombstone)
 -- are a single call of the check step.
 --
 -- KEYS: 1 data hash, 2 meta hash, 3 change stream, 4 staging hash, 5 commit marker,
 --       6 (optional) a delivery's idempotency key.
--- ARGV[1]: put | apply | delta | delete | tombstone | settle; the rest per step, below.
+-- ARGV[1]: put | apply | delta | delete | tombstone | settle; the rest per step, below; a check
+-- step's last argument is the transaction's nonce.
 --
 -- Versions may reach 2^63-1 (a copy from elsewhere), past the 2^53 a Lua number holds
 -- exactly: they are compared and incremented as decimal strings.
@@ -81,7 +82,7 @@ end
 
 -- Drop the stored content and metadata of either mechanism (single: one key per field).
 local function drop(meta, digests, single_prefix)
-  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
   if meta.mechanism == 'single' then
     local doomed = {}
     for name in pairs(digests) do doomed[#doomed + 1] = single_prefix .. name end
@@ -126,8 +127,14 @@ local function merge(digests, lengths, fields)
   return size, count
 end
 
-local function begin()
-  redis.call('DEL', KEYS[4], KEYS[5])  -- left by a transaction that failed half-way, if ever
+-- Merge into the stored data: it becomes the staging key the values are written over.
+local function stage_stored()
+  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[4])
+  else redis.call('DEL', KEYS[4]) end
+end
+
+local function commit_marker()
+  redis.call('SET', KEYS[5], ARGV[#ARGV])
 end
 
 -- put: 2 chain, 3 function, 4 mechanism, 5 replace (0|1), 6 expected version or '', 7 largest
@@ -147,11 +154,10 @@ local function put()
   if size > tonumber(ARGV[7]) then return {'too_large', tostring(size)} end
   if meta.version == INT64_MAX then return {'exhausted', meta.version} end
   local version, sum = incr(meta.version), checksum(digests)
-  begin()
   if fresh then
     drop(meta, stored, ARGV[11])
-  elseif mechanism == 'bundled' and redis.call('EXISTS', KEYS[1]) == 1 then
-    redis.call('RENAME', KEYS[1], KEYS[4])  -- the new values are staged over the old ones
+  elseif mechanism == 'bundled' then
+    stage_stored()
   end
   size, count = tostring(size), tostring(count)
   call_sliced('HSET', KEYS[2], meta_args(version, ARGV[8], ARGV[9], size, sum, count, mechanism, fields))
@@ -161,7 +167,7 @@ local function put()
     'chain', ARGV[2], 'function', ARGV[3], 'op', 'put', 'mechanism', mechanism,
     'fields', table.concat(names, ','), 'version', version, 'node', ARGV[8], 'size', size,
     'checksum', sum, 'ts', ARGV[9])
-  redis.call('SET', KEYS[5], '1')
+  commit_marker()
   return {'ok', version, size, sum, count, id}
 end
 
@@ -195,15 +201,10 @@ local function apply(delta)
     merged = {count = tostring(count)}
   end
   mark(ARGV[2])
-  begin()
-  if delta then
-    if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[4]) end
-  else
-    drop(meta, digests, ARGV[8])
-  end
+  if delta then stage_stored() else drop(meta, digests, ARGV[8]) end
   call_sliced('HSET', KEYS[2], meta_args(version, ARGV[4], ARGV[5], ARGV[6], ARGV[7],
     merged.count or tostring(#fields), 'bundled', fields))
-  redis.call('SET', KEYS[5], '1')
+  commit_marker()
   return {'applied', version}
 end
 
@@ -246,14 +247,14 @@ local function apply_tombstone()
   return {'applied', ARGV[3]}
 end
 
--- settle: 2 mechanism, 3 expiry in ms or '' (none), 4 single-key prefix, 5... field names
--- staged as single keys (<prefix><name>:staged). -> 1 committed | 0 dropped
+-- settle: 2 mechanism, 3 expiry in ms or '' (none), 4 single-key prefix, 5 the nonce, 6...
+-- field names staged as single keys (<prefix><name>:staged). -> 1 committed | 0 dropped
 local function settle()
   local single, ttl = ARGV[2] == 'single', ARGV[3]
-  local committed = redis.call('DEL', KEYS[5]) == 1
+  local committed = redis.call('GETDEL', KEYS[5]) == ARGV[5]
   local touched = {KEYS[2]}
   if single then
-    for i = 5, #ARGV do
+    for i = 6, #ARGV do
       local key = ARGV[4] .. ARGV[i]
       if committed then
         redis.call('RENAME', key .. ':staged', key)
