@@ -24,9 +24,8 @@ import statistics
 import time
 from heapq import heappop, heappush
 
-from rich.console import Console
 
-from bench.common import print_table, ratio, summarize
+from bench.common import Fixed, Report, add_json_option, ratio, summarize
 from neighbors_service.placement import Placer
 from neighbors_service.policies import SLO, elect
 from neighbors_service.topology import Link, Node, Topology
@@ -106,8 +105,7 @@ def run_size(n: int, repeat: int, seed: int, size_bytes: int, slo: SLO, sources:
     ours = _timed(lambda a, b: elect(topology, names[a], names[b], size_bytes, slo, "skylark"), pairs)
     floor = _timed(lambda a, b: plain_dijkstra(floor_edges, a, b), pairs)
     s, f = summarize(ours), summarize(floor)
-    full = [f"{n:,}", f"{len(topology.links):,}", s.p50, s.p95, f.p50, ratio(s.p50, f.p50),
-            THESIS_MS.get(n, float("nan"))]
+    full = [n, len(topology.links), s.p50, s.p95, f.p50, ratio(s.p50, f.p50), Fixed(THESIS_MS[n]) if n in THESIS_MS else None]
 
     # The data path: a few writers, every decision toward a random reader node.
     placer = Placer(policy="skylark", slo=slo)
@@ -120,7 +118,7 @@ def run_size(n: int, repeat: int, seed: int, size_bytes: int, slo: SLO, sources:
     agree = sum(placer.toward(topology, names[a], names[b], size_bytes)
                 == elect(topology, names[a], names[b], size_bytes, slo, "skylark").node for a, b in data_pairs[:50])
     d = summarize(decision)
-    data = [f"{n:,}", statistics.median(builds), statistics.median(tree_ms), d.p50, d.p95,
+    data = [n, statistics.median(builds), statistics.median(tree_ms), d.p50, d.p95,
             ratio(d.p50, s.p50), f"{agree}/{min(50, len(data_pairs))}"]
     return full, data
 
@@ -133,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--size-bytes", type=int, default=1_000_000, help="state size (default 1 MB)")
     parser.add_argument("--sources", type=int, default=4, help="writer nodes in the data-path runs (default 4)")
+    add_json_option(parser)
     args = parser.parse_args(argv or [])
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -142,25 +141,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("sizes must be >= 2, --repeat and --sources >= 1")
     slo = SLO(max_latency_ms=500.0, min_bandwidth_mbps=10.0)
     results = [run_size(n, args.repeat, args.seed, args.size_bytes, slo, args.sources) for n in sizes]
-    console = Console()
-    print_table(
+    report = Report("elect")
+    report.table(
         f"Full election (/elect), ms: {args.repeat} random pairs, {args.size_bytes:,} B",
         ["nodes", "links", "p50", "p95", "floor p50", "/ floor", "thesis"],
-        [full for full, _ in results], console=console,
+        [full for full, _ in results],
         caption="floor: plain one-way heapq Dijkstra source→target, same graph and pairs, same run; "
                 "elect searches from both ends, hence < 1×. thesis: Rust, per decision. "
                 f"Target: ≤ {TARGET_MS_AT_10K:g} ms at 10,000 nodes",
     )
-    print_table(
+    report.table(
         f"Data-path decision (per event), ms: {args.sources} writers, {args.repeat} decisions",
         ["nodes", "adjacency", "tree", "p50", "p95", "/ elect", "= elect"],
-        [data for _, data in results], console=console,
+        [data for _, data in results],
         caption="adjacency: built once per topology snapshot; tree: a writer's shortest-path tree, once per "
                 "writer and snapshot (the first event pays it); p50/p95: later decisions; / elect: p50 ratio "
                 "to the full election; = elect: decisions equal to elect's (of 50): they differ only where "
                 "several paths have the same latency (integer latencies here; tests/test_placement.py checks "
                 "equality where paths are unique)",
     )
+    report.load()
+    report.write_json(args.json)
     return 0
 
 

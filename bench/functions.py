@@ -35,11 +35,9 @@ import requests
 from cloudevents.core.base import BaseCloudEvent
 from flask import Flask, Response, request
 from PIL import Image, ImageOps
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
-from bench.common import ratio, summarize
+from bench.common import Report, add_json_option, ratio, summarize
 from eventing.broker.local import LocalBroker
 from eventing.http import new_event, parse, to_binary
 from eventing.wiring import (
@@ -365,36 +363,19 @@ def measure_chains(redis: EmbeddedRedis, images: list[str], repeat: int,
 # -- report (every table fits in 80 columns) -----------------------------------------------------
 
 
-def ms(value: float) -> str:
-    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
-
-
-def print_table(title: str, columns: list[str], rows: list[list[str]], console: Console, caption: str) -> None:
-    """A compact table (no vertical rules; a header may hold a line break): 80 columns suffice.
-    The label columns (lower-case headers) are left-aligned, the numbers right-aligned."""
-    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False,
-                  title_justify="left", caption_justify="left")
-    for col in columns:
-        label = col in ("function", "image", "stage")
-        table.add_column(col, justify="left" if label else "right", no_wrap=label)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-
-
-def report(samples: Samples, chains: dict[str, dict[str, list[float]]], images: list[str], console: Console) -> None:
+def report(samples: Samples, chains: dict[str, dict[str, list[float]]], images: list[str], out: Report) -> None:
     rows = []
     for row, stages in samples.stages.items():
         fn_name, image = row.split("|")
-        cells = [fn_name, image]
+        cells: list[object] = [fn_name, image]
         for stage in STAGES:
             s = summarize(stages[stage])
-            cells += [ms(s.p50), ms(s.p95)]
+            cells += [s.p50, s.p95]
         rows.append(cells)
-    print_table("Per-function stages (ms)",
-                ["function", "image", "fetch\np50", "fetch\np95", "compute\np50", "compute\np95", "store\np50",
-                 "store\np95"], rows, console,
-                caption="detect (remote): fetches from another node's Redis over loopback")
+    out.table("Per-function stages (ms)",
+              ["function", "image", "fetch\np50", "fetch\np95", "compute\np50", "compute\np95", "store\np50",
+               "store\np95"], rows,
+              caption="detect (remote): fetches from another node's Redis over loopback")
 
     rows = []
     for row, stages in samples.stages.items():
@@ -402,10 +383,10 @@ def report(samples: Samples, chains: dict[str, dict[str, list[float]]], images: 
         for stage in STAGES:
             if f"raw_{stage}" in stages:
                 ours, raw = samples.p50(row, stage), samples.p50(row, f"raw_{stage}")
-                rows.append([fn_name, image, stage, ms(ours), ms(raw), ratio(ours, raw)])
-    print_table("Stages vs the raw floor (p50 ms)", ["function", "image", "stage", "Skylark", "raw", "×"], rows,
-                console, caption="raw: Pillow / OpenCV alone; redis-py HGETALL (fetch), HSET (store) or XADD "
-                                 "(alarm's store) of the same bytes")
+                rows.append([fn_name, image, stage, ours, raw, ratio(ours, raw)])
+    out.table("Stages vs the raw floor (p50 ms)", ["function", "image", "stage", "Skylark", "raw", "×"], rows,
+              caption="raw: Pillow / OpenCV alone; redis-py HGETALL (fetch), HSET (store) or XADD "
+                      "(alarm's store) of the same bytes")
 
     rows = []
     for image in images:
@@ -414,14 +395,14 @@ def report(samples: Samples, chains: dict[str, dict[str, list[float]]], images: 
             stages = samples.stages[f"{fn_name}|{image}"]
             floor += sum(summarize(stages[k]).p50 for k in ("raw_fetch", "raw_compute", "raw_store") if k in stages)
         direct, broker = summarize(chains[image]["direct"]), summarize(chains[image]["broker"])
-        rows.append([image, ms(direct.p50), ms(direct.p95), ratio(direct.p50, floor), ms(broker.p50), ms(broker.p95),
-                     ratio(broker.p50, floor), ms(floor)])
-    print_table("End-to-end chain on one node, submit → terminal event (ms)",
-                ["image", "HTTP\np50", "HTTP\np95", "×\nfloor", "broker\np50", "broker\np95", "×\nfloor",
-                 "raw floor\np50"], rows, console,
-                caption="HTTP: each reply posted to the next function; broker: through a local broker "
-                        "(K_SINK, the workflow's Triggers) to an observer Trigger. raw floor: the sum of "
-                        "the p50 raw stages (no HTTP, no events, no Skylark)")
+        rows.append([image, direct.p50, direct.p95, ratio(direct.p50, floor), broker.p50, broker.p95,
+                     ratio(broker.p50, floor), floor])
+    out.table("End-to-end chain on one node, submit → terminal event (ms)",
+              ["image", "HTTP\np50", "HTTP\np95", "×\nfloor", "broker\np50", "broker\np95", "×\nfloor",
+               "raw floor\np50"], rows,
+              caption="HTTP: each reply posted to the next function; broker: through a local broker "
+                      "(K_SINK, the workflow's Triggers) to an observer Trigger. raw floor: the sum of "
+                      "the p50 raw stages (no HTTP, no events, no Skylark)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,20 +411,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", default="astronaut,chelsea,blank",
                         help=f"comma-separated, from {', '.join(IMAGES)} (default astronaut,chelsea,blank)")
     parser.add_argument("--repeat", type=int, default=6, help="timed runs per image (default 6)")
-    parser.add_argument("--json", action="store_true", help="also print the raw samples as JSON")
+    add_json_option(parser)
     args = parser.parse_args(argv)
     images = [i.strip() for i in args.images.split(",") if i.strip()]
     unknown = sorted(set(images) - set(IMAGES))
     if unknown or args.repeat < 1:
         parser.error(f"unknown image(s) {', '.join(unknown)}" if unknown else "--repeat must be >= 1")
-    console = Console()
+    out = Report("functions")
     with EmbeddedRedis() as node_a, EmbeddedRedis() as node_b:
-        samples = measure_functions(node_a, node_b, images, args.repeat, console)
+        samples = measure_functions(node_a, node_b, images, args.repeat, out.console)
         node_a.client().flushall()
-        chains = measure_chains(node_a, images, args.repeat, console)
-    report(samples, chains, images, console)
-    if args.json:
-        console.print_json(json.dumps({"stages": samples.stages, "chains": chains}))
+        chains = measure_chains(node_a, images, args.repeat, out.console)
+    report(samples, chains, images, out)
+    out.results.update(stages=samples.stages, chains=chains)
+    out.load()
+    out.write_json(args.json)
     return 0
 
 

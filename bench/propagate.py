@@ -40,7 +40,7 @@ import yaml
 from flask import Flask
 from werkzeug.serving import make_server
 
-from bench.common import print_table, ratio, summarize
+from bench.common import Report, add_json_option, ratio, summarize
 from eventing import catalogue
 from eventing.redisstream import encode_stream_event, to_go_binary
 from eventing.source import StreamSource
@@ -228,7 +228,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (8)")
     parser.add_argument("--samples", type=float, default=1.0,
                         help="scale of the lag sample counts (1.0: 100/100/30/15)")
+    add_json_option(parser)
     args = parser.parse_args(argv)
+    report = Report("propagate")
     started = time.perf_counter()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the in-process neighbors services
 
@@ -322,22 +324,22 @@ def main(argv: list[str]) -> int:
         accepted_rate = ok / elapsed
         iso_rate = iso_ok / iso_elapsed
         bare_rate = bare_ok / bare_elapsed
-        print_table(
+        report.table(
             f"Stream events through gunicorn on node A ({args.workers}×{args.threads}), 1 KiB bundles, "
             f"2 neighbours, {args.concurrency} connections",
-            ["measure", "events", "seconds", "events/s", "vs bare Flask"],
-            [["A accepted (202, both brokers took it)", ok, elapsed, f"{accepted_rate:.0f}", ratio(accepted_rate, bare_rate)],
+            ["measure", "events", "seconds", "events/s", "vs bare\nFlask"],
+            [["A accepted (202, both brokers took it)", ok, elapsed, accepted_rate, ratio(accepted_rate, bare_rate)],
              ["end to end (on B and C)", ok, elapsed + wait if wait != float("inf") else "timeout",
-              f"{end_to_end:.0f}", ratio(end_to_end, bare_rate)],
-             ["A alone: both brokers replaced by the bare sink", iso_ok, iso_elapsed, f"{iso_rate:.0f}",
+              end_to_end, ratio(end_to_end, bare_rate)],
+             ["A alone: brokers replaced by the bare sink", iso_ok, iso_elapsed, iso_rate,
               ratio(iso_rate, bare_rate)],
-             ["bare Flask, same gunicorn config (floor)", bare_ok, bare_elapsed, f"{bare_rate:.0f}", "1.00×"]],
+             ["bare Flask, same gunicorn config (floor)", bare_ok, bare_elapsed, bare_rate, ratio(1, 1)]],
             caption=f"{failed + iso_failed} answers other than 202 propagated; target ≥ {TARGET_EVENTS_PER_S} events/s; "
                     f"log level WARNING (as every service here)",
         )
         total_cpu = sum(cpu_used.values())
         cores = os.cpu_count() or 1
-        print_table(
+        report.table(
             "CPU per propagated event, whole pipeline (throughput run until B and C hold every bundle)",
             ["process group", "CPU ms / event", "share"],
             [[k, v * 1000 / max(ok, 1), f"{v / total_cpu:.0%}" if total_cpu else "-"] for k, v in cpu_used.items()]
@@ -380,18 +382,20 @@ def main(argv: list[str]) -> int:
             rows.append([label, mode, s.n, s.median, s.p95, s.p99, f.median, ratio(s.median, f.median)])
             if label == "64 KiB":
                 lag_64k = s
-        print_table("Lag: write on A returned → bundle readable on B (ms)",
+        report.table("Lag: write on A returned → bundle readable on B (ms)",
                     ["size", "mode", "n", "p50", "p95", "p99", "raw copy p50", "p50 vs raw"], rows,
                     caption="raw copy: redis-py HGETALL on A + HSET on B of the same bytes, same run")
 
     met_rate = accepted_rate >= TARGET_EVENTS_PER_S
     met_lag = lag_64k is not None and lag_64k.p50 <= TARGET_P50_MS and lag_64k.p99 <= TARGET_P99_MS
-    print(f"target ≥ {TARGET_EVENTS_PER_S} events/s: {'met' if met_rate else 'NOT met'} "
-          f"({accepted_rate:.0f}/s accepted, {end_to_end:.0f}/s end to end, {iso_rate:.0f}/s for A alone)")
+    report.line(f"target ≥ {TARGET_EVENTS_PER_S} events/s: {'met' if met_rate else 'NOT met'} "
+                f"({accepted_rate:.0f}/s accepted, {end_to_end:.0f}/s end to end, {iso_rate:.0f}/s for A alone)")
     if lag_64k is not None:
-        print(f"target 64 KiB p50 ≤ {TARGET_P50_MS:g} ms, p99 ≤ {TARGET_P99_MS:g} ms: "
-              f"{'met' if met_lag else 'NOT met'} (p50 {lag_64k.p50:.2f} ms, p99 {lag_64k.p99:.2f} ms)")
-    print(f"total {time.perf_counter() - started:.1f} s on {os.cpu_count()} cores")
+        report.line(f"target 64 KiB p50 ≤ {TARGET_P50_MS:g} ms, p99 ≤ {TARGET_P99_MS:g} ms: "
+                    f"{'met' if met_lag else 'NOT met'} (p50 {lag_64k.p50:.2f} ms, p99 {lag_64k.p99:.2f} ms)")
+    report.line(f"total {time.perf_counter() - started:.1f} s")
+    report.load()
+    report.write_json(args.json)
     return 0
 
 
