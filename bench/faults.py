@@ -68,28 +68,38 @@ class FaultRun:
     redis_versions: tuple[int, int]  # a copy's version before its Redis was killed, and after
 
 
-class Writer:
-    """Writes state of (function, node) pairs for a few chains, round-robin, ~``rate`` per second,
-    and remembers the last version each write was acknowledged with."""
+class _Loop:
+    """A daemon thread running ``_run`` until :meth:`stop`."""
 
-    def __init__(self, cluster: LocalCluster, rate: float = 20.0, chains: int = 8) -> None:
-        self.stores = {fn: StateStore(connect(cluster.nodes[node].redis_url()), node=node) for fn, node in WRITERS}
-        self.rate = rate
-        self.chains = [f"f-{i}" for i in range(chains)]
-        self.acked: dict[tuple[str, str], int] = {}
-        self.writes = 0
-        self.errors = 0
+    def __init__(self, name: str) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
-        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def start(self) -> "Writer":
+    def start(self):  # noqa: ANN201 - returns self, of the subclass
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Writer(_Loop):
+    """Writes state of (function, node) pairs for a few chains, round-robin, ~``rate`` per second,
+    and remembers the last version each write was acknowledged with."""
+
+    def __init__(self, cluster: LocalCluster, rate: float = 20.0, chains: int = 8) -> None:
+        super().__init__("writer")
+        self.stores = {fn: StateStore(connect(cluster.nodes[node].redis_url()), node=node) for fn, node in WRITERS}
+        self.rate = rate
+        self.chains = [f"f-{i}" for i in range(chains)]
+        self.acked: dict[tuple[str, str], int] = {}
+        self.writes = 0
+        self.errors = 0
+        self._lock = threading.Lock()
 
     def _run(self) -> None:
         i = 0
@@ -112,26 +122,17 @@ class Writer:
             return self.writes, dict(self.acked)
 
 
-class VersionWatch:
+class VersionWatch(_Loop):
     """Samples every copy's version on every node; a version that goes back is a violation."""
 
     def __init__(self, cluster: LocalCluster, chains: list[str], period_s: float = 0.05) -> None:
+        super().__init__("watch")
         self.stores = {n: StateStore(connect(node.redis_url(), timeout_s=1.0, retries=0), node=n)
                        for n, node in cluster.nodes.items()}
         self.chains = chains
         self.period_s = period_s
         self.seen: dict[tuple[str, str, str], int] = {}
         self.went_back: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watch", daemon=True)
-
-    def start(self) -> "VersionWatch":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):

@@ -18,13 +18,13 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections import OrderedDict
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
 from eventing import catalogue
 from eventing.http import InvalidEvent, parse
+from skylark.runtime.waitable import WaitableLists
 from skylark.serving.logs import configure_logging
 from skylark.serving.web import ClientError, health_blueprint, install_error_handlers, read_body
 from skylark.state.names import validate_name
@@ -36,38 +36,25 @@ MAX_WAIT_MS = 60_000
 
 
 class Observed:
-    """Events by chain, bounded, with a condition to wait on (thread-safe)."""
+    """Events by chain, bounded, each (source, id) kept once, waitable (thread-safe)."""
 
     def __init__(self) -> None:
-        self._chains: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self._events = WaitableLists(MAX_CHAINS, MAX_EVENTS_PER_CHAIN)
         self._ids: set[tuple[str, str]] = set()
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
 
     def add(self, chain: str, entry: dict[str, Any]) -> bool:
         key = (entry["source"], entry["id"])
-        with self._changed:
+        with self._lock:
             if key in self._ids:
                 return False
-            events = self._chains.setdefault(chain, [])
-            self._chains.move_to_end(chain)
-            if len(events) < MAX_EVENTS_PER_CHAIN:
-                events.append(entry)
-                self._ids.add(key)
-            while len(self._chains) > MAX_CHAINS:
-                _, dropped = self._chains.popitem(last=False)
+            self._ids.add(key)
+            for dropped in self._events.add(chain, [entry]):
                 self._ids.difference_update((e["source"], e["id"]) for e in dropped)
-            self._changed.notify_all()
             return True
 
     def wait(self, chain: str, count: int, wait_ms: int) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + wait_ms / 1000
-        with self._changed:
-            while len(self._chains.get(chain, ())) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._changed.wait(left)
-            return list(self._chains.get(chain, ()))
+        return self._events.wait(chain, count, wait_ms)
 
 
 def create_app() -> Flask:

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import gzip
 import re
-import threading
-import time
 import zlib
-from collections import OrderedDict
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -31,6 +28,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from skylark.runtime.waitable import WaitableLists
 from skylark.serving.logs import configure_logging
 from skylark.serving.web import ClientError, health_blueprint, install_error_handlers, read_body
 from skylark.state.numbers import parse_int
@@ -73,32 +71,20 @@ def spans_of(export: ExportTraceServiceRequest) -> list[dict[str, Any]]:
 
 
 class SpanStore:
-    """Spans by trace id, bounded, with a condition to wait on (thread-safe)."""
+    """Spans by trace id, bounded, waitable (thread-safe)."""
 
     def __init__(self) -> None:
-        self._traces: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-        self._changed = threading.Condition()
+        self._spans = WaitableLists(MAX_TRACES, MAX_SPANS_PER_TRACE)
 
     def add(self, spans: list[dict[str, Any]]) -> None:
-        with self._changed:
-            for span in spans:
-                kept = self._traces.setdefault(span["trace_id"], [])
-                self._traces.move_to_end(span["trace_id"])
-                if len(kept) < MAX_SPANS_PER_TRACE:
-                    kept.append(span)
-            while len(self._traces) > MAX_TRACES:
-                self._traces.popitem(last=False)
-            self._changed.notify_all()
+        by_trace: dict[str, list[dict[str, Any]]] = {}
+        for span in spans:
+            by_trace.setdefault(span["trace_id"], []).append(span)
+        for trace_id, some in by_trace.items():
+            self._spans.add(trace_id, some)
 
     def wait(self, trace_id: str, min_spans: int, wait_ms: int) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + wait_ms / 1000
-        with self._changed:
-            while len(self._traces.get(trace_id, ())) < min_spans:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._changed.wait(left)
-            return sorted(self._traces.get(trace_id, ()), key=lambda s: s["start_ns"])
+        return sorted(self._spans.wait(trace_id, min_spans, wait_ms), key=lambda s: s["start_ns"])
 
 
 def create_app() -> Flask:
