@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from flask import Flask
 
 from eventing.publisher import Publisher
+from handlers.compression import Compressor
 from handlers.config import HandlerSettings
 from skylark.state.dedupe import Deduper
 from handlers.ingress import EXTENSION, bp as events_bp
@@ -117,7 +118,9 @@ def create_app(settings: HandlerSettings | Settings | None = None, *, store: Sta
         metrics=metrics, executor=executor,
         propagator=Propagator(node=core.node, store=store, targets=targets, publisher=publisher,
                               executor=executor, metrics=metrics, inline_max_bytes=core.inline_max_bytes,
-                              change_stream=core.change_stream, signing_key=config.signing_key),
+                              change_stream=core.change_stream, signing_key=config.signing_key,
+                              compressor=Compressor(enabled=config.compression == "auto"),
+                              binary=config.propagation_format == "binary"),
         receiver=Receiver(node=core.node, store=store, remote=remote, deduper=deduper, metrics=metrics,
                           signing_key=config.signing_key),
         warmer=Warmer(node=core.node, store=store, remote=remote, targets=targets, executor=executor,

@@ -13,11 +13,15 @@ env                                meaning                                      
                                    is reused for target decisions
 ``SKYLARK_MAX_REQUEST_BYTES``      largest request body (413 above)                                see below
 ``SKYLARK_WARMUP_MAX_PAIRS``       most (chain, function) pairs one warm-up refreshes              1000
+``SKYLARK_PROPAGATION_FORMAT``     ``binary``, or ``json``: the previous release's shape, for a     binary
+                                   rolling upgrade while some receivers are not upgraded yet
+``SKYLARK_COMPRESSION``            ``auto`` (zstd toward slow links, where it pays) or ``off``      auto
 ``PORT`` and the core ``SKYLARK_*``  see ``docs/conventions.md``
 =================================  =============================================================  ==========
 
-The default request limit fits the largest inline propagation event: an inline bundle of
-``SKYLARK_INLINE_MAX_BYTES`` grows by a third in base64, plus room for the JSON around it.
+The default request limit fits the largest inline propagation event of either shape: a binary
+event's body is at most ``SKYLARK_INLINE_MAX_BYTES``; the previous release's JSON shape, still
+received during a rolling upgrade, grows the bundle by a third in base64, plus the JSON around it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from skylark.state.errors import ConfigError
 from skylark.state.settings import Settings, env_float, env_int
 
 _ENVELOPE_ALLOWANCE = 64 * 1024
+FORMATS = ("binary", "json")
+COMPRESSION = ("auto", "off")
 
 
 def default_max_request_bytes(inline_max_bytes: int) -> int:
@@ -47,6 +53,8 @@ class HandlerSettings:
     targets_ttl_s: float = 5.0
     max_request_bytes: int = 0  # 0: derived from core.inline_max_bytes
     warmup_max_pairs: int = 1000
+    propagation_format: str = "binary"
+    compression: str = "auto"
 
     def __post_init__(self) -> None:
         if self.max_request_bytes == 0:
@@ -62,6 +70,10 @@ class HandlerSettings:
             raise ConfigError("SKYLARK_WARMUP_MAX_PAIRS must be >= 1")
         if self.signing_key is not None and len(self.signing_key) < 16:
             raise ConfigError("SKYLARK_SIGNING_KEY must be at least 16 bytes")
+        if self.propagation_format not in FORMATS:
+            raise ConfigError(f"SKYLARK_PROPAGATION_FORMAT must be one of {', '.join(FORMATS)}")
+        if self.compression not in COMPRESSION:
+            raise ConfigError(f"SKYLARK_COMPRESSION must be one of {', '.join(COMPRESSION)}")
 
     @property
     def node(self) -> str:
@@ -81,4 +93,6 @@ class HandlerSettings:
             targets_ttl_s=env_float(env, "SKYLARK_TARGETS_TTL", 5.0, 0.001),
             max_request_bytes=env_int(env, "SKYLARK_MAX_REQUEST_BYTES", 0, 0),
             warmup_max_pairs=env_int(env, "SKYLARK_WARMUP_MAX_PAIRS", 1000, 1),
+            propagation_format=env.get("SKYLARK_PROPAGATION_FORMAT", "binary"),
+            compression=env.get("SKYLARK_COMPRESSION", "auto"),
         )

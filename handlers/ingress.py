@@ -18,6 +18,7 @@ from cloudevents.core.base import BaseCloudEvent
 
 from eventing import catalogue
 from eventing.http import InvalidEvent, parse
+from handlers.bundle_event import is_binary
 from handlers.metrics import type_label
 from skylark.serving import limits
 from skylark.serving.web import ClientError, read_body
@@ -48,6 +49,8 @@ def _check_raw_data(event: BaseCloudEvent) -> None:
     decode it themselves; bound its nesting first, so that none of them can hit a
     RecursionError on it (a 500) whatever parser it uses."""
     data = event.get_data()
+    if is_binary(event):
+        return  # the binary propagation event: a frame of bytes, no JSON (bundle_event.py)
     if isinstance(data, (bytes, bytearray, str)):
         try:
             limits.check_depth(bytes(data) if isinstance(data, bytearray) else data)

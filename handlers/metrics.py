@@ -49,6 +49,12 @@ class HandlerMetrics:
         self.duplicates = Counter("skylark_handler_duplicates_total",
                                   "Duplicates: a redelivered event (event) or a version already here (version)",
                                   ["kind"], registry=r)
+        self.compression = Counter("skylark_handler_compression_total",
+                                   "Pushes to slow links: compressed for some target, incompressible, or "
+                                   "compressing slower than sending the bytes", ["outcome"], registry=r)
+        self.delta_fallbacks = Counter("skylark_handler_delta_fallbacks_total",
+                                       "Deltas whose base version was not here: the whole bundle was pulled",
+                                       registry=r)
         self.warmup_refreshed = Counter("skylark_handler_warmup_refreshed_total",
                                         "Bundles a warm-up pulled because the local copy was missing or older",
                                         registry=r)

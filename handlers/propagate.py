@@ -1,4 +1,4 @@
-"""Stream change → rebuild the bundle → publish it to every target node's broker.
+"""Stream change → read what the push needs → publish it to every target node's broker.
 
 Decisions (see ``handlers/README.md``):
 
@@ -6,6 +6,19 @@ Decisions (see ``handlers/README.md``):
   was overtaken by a newer write; its own change entry follows, but propagating the newest now
   is never wrong (receivers keep the newest) and the later push of the same version is dropped
   by the receivers' dedupe (same event id). The answer says ``"newer": true``.
+- **Field deltas.** A write that changed some of a bundle's fields (the change record names
+  them) at the version still stored is pushed as a delta: those fields only, on top of the
+  previous version (``skylarkbase``), with the whole bundle's metadata; a receiver holding that
+  version applies it and verifies the result's checksum, any other pulls the whole bundle from
+  the origin's Redis itself, like a claim check (``handlers/receive.py``). No round trip back to
+  the sender, and the warm-up repairs whatever a push missed.
+- **Inline or claim check by the bytes sent**: the event carries the fields while its body is at
+  most ``SKYLARK_INLINE_MAX_BYTES``, else it names them and the receiver pulls them (the changed
+  fields of a delta, or the whole bundle). What a push does not send is not read either: a claim
+  check reads the metadata only, a large delta its changed fields only.
+- **Compression per link** (``handlers/compression.py``): a target whose path bottleneck is slow
+  enough gets the fields zstd-compressed when the link time saved exceeds the CPU time; a fast
+  link never does. The payload is encoded once per variant (raw, compressed) and shared.
 - A ``delete`` change is pushed as a tombstone (``mode: tombstone``) to every node that may
   hold a copy (``TargetResolver.holders``: for ``skylark`` the targets of a 0-byte bundle, for
   ``random`` every ready neighbour), and the receivers drop their copy
@@ -32,17 +45,26 @@ from cloudevents.core.base import BaseCloudEvent
 
 from eventing.publisher import Delivery, PublishOutcome, Publisher
 from eventing.redisstream import decode_stream_event
-from handlers.bundle_event import TOMBSTONE, Payload, encode_payload, encode_tombstone, propagation_event
+from handlers.bundle_event import (
+    Payload,
+    encode_binary,
+    encode_binary_tombstone,
+    encode_payload,
+    encode_tombstone,
+    propagation_event,
+)
+from handlers.compression import Compressor
 from handlers.metrics import HandlerMetrics
-from handlers.rebuild import current_bundle
+from handlers.rebuild import Snapshot, read_for_push
 from neighbors_service.targets import Target, TargetResolver
-from skylark.state.bundle import Tombstone
+from skylark.state.bundle import Bundle, Tombstone
 from skylark.state.changes import ChangeRecord
 from skylark.state.errors import BundleNotFound
 from skylark.state.store import StateStore
 from skylark.serving.web import ClientError
 
 log = logging.getLogger(__name__)
+ZSTD_VARIANT = "zstd"
 
 
 @dataclass(frozen=True)
@@ -51,10 +73,14 @@ class TargetOutcome:
     delivery: str
     status: int | None
     elapsed_ms: float
+    mode: str = ""
+    compressed: bool = False
+    bytes: int = 0  # of the event's body
 
     def to_dict(self) -> dict:
         return {"node": self.node, "delivery": self.delivery, "status": self.status,
-                "elapsed_ms": round(self.elapsed_ms, 3)}
+                "elapsed_ms": round(self.elapsed_ms, 3), "mode": self.mode, "compressed": self.compressed,
+                "bytes": self.bytes}
 
 
 @dataclass(frozen=True)
@@ -77,10 +103,19 @@ class PropagationReport:
         return out
 
 
+# A delta is sent when it carries at most this share of the bundle's bytes: above, the whole
+# bundle costs little more and needs no base on the receiver.
+DELTA_MAX_SHARE = 0.75
+# With a slow link to compress for, a bundle up to this many times the inline limit is read whole:
+# compressed, it may fit inline (JSON shrinks ~5×), which saves the receiver's pull.
+COMPRESSIBLE_READ_FACTOR = 4
+
+
 class Propagator:
     def __init__(self, *, node: str, store: StateStore, targets: TargetResolver, publisher: Publisher,
                  executor: Executor, metrics: HandlerMetrics, inline_max_bytes: int,
-                 change_stream: str, signing_key: bytes | None = None) -> None:
+                 change_stream: str, signing_key: bytes | None = None, compressor: Compressor | None = None,
+                 binary: bool = True) -> None:
         self.node = node
         self.store = store
         self.targets = targets
@@ -90,14 +125,27 @@ class Propagator:
         self.inline_max_bytes = inline_max_bytes
         self.change_stream = change_stream
         self.signing_key = signing_key
+        self.compressor = compressor or Compressor(enabled=False)
+        self.binary = binary  # False: the previous release's JSON shape (rolling upgrades)
 
     def handle(self, event: BaseCloudEvent) -> PropagationReport:
         start = time.perf_counter()
         change = decode_stream_event(event, stream=self.change_stream).change
         context = {"chain": change.chain, "function": change.function, "event_id": event.get_id(),
                    "version": change.version}
+        if change.op == "delete":
+            chosen = self.targets.holders(self.node, change.function)
+            links = {}
+        else:
+            # The change record's size decides what to read; the targets are decided again
+            # below if the bundle read is another version (a newer write).
+            chosen = self.targets.targets(self.node, change.function, change.size, chain=change.chain,
+                                          version=change.version)
+            links = self._links(chosen)
         try:
-            bundle = current_bundle(self.store, change.chain, change.function, change.mechanism)
+            snapshot = read_for_push(self.store, change.chain, change.function, change.mechanism,
+                                     size=change.size, whole_up_to=self._whole_up_to(change.size, links),
+                                     changed=change.fields if self.binary and change.op == "put" else ())
         except BundleNotFound:
             local_version = self.store.local_version(change.chain, change.function)
             if local_version == 0 or (change.op == "delete" and local_version < change.version):
@@ -107,31 +155,34 @@ class Propagator:
             if change.op == "delete" and local_version == change.version:
                 # Only a delete this node's Redis shows is pushed, never what an event merely
                 # claims: a forged change must not wipe the neighbours' copies.
-                payload = self._tombstone(change)
+                payloads = {None: self._tombstone(change)}
+                variant = dict.fromkeys((t.node for t in chosen), None)
             else:
                 log.info("change superseded by a delete", extra=context)
                 return PropagationReport("superseded", change.chain, change.function, change.version)
         else:
-            payload = encode_payload(bundle, origin=self.node, inline_max_bytes=self.inline_max_bytes,
-                                     sign=self.signing_key is not None)
+            meta = snapshot.meta
+            if change.op == "delete" or (meta.version, meta.size) != (change.version, change.size):
+                chosen = self.targets.targets(self.node, change.function, meta.size, chain=change.chain,
+                                              version=meta.version)
+                links = self._links(chosen)
+            payloads, variant = self._encode(change, snapshot, chosen, links)
         self.metrics.rebuild_seconds.observe(time.perf_counter() - start)
 
-        version = payload.meta.version
-        if payload.mode == TOMBSTONE:
-            chosen = self.targets.holders(self.node, change.function)
-        else:
-            chosen = self.targets.targets(self.node, change.function, payload.meta.size, chain=change.chain,
-                                          version=payload.meta.version)
+        first = next(iter(payloads.values()))
+        version = first.meta.version
         newer = version > change.version
         if not chosen:
             return PropagationReport("no_targets", change.chain, change.function, change.version,
                                      version, None, newer)
-        outcomes = self._publish_all(payload, chosen)
+        sent = [payloads[variant[t.node]] for t in chosen]
+        outcomes = self._publish_all(sent, chosen)
         elapsed = time.perf_counter() - start
-        self.metrics.propagation_seconds.labels(payload.mode).observe(elapsed)
-        results = tuple(TargetOutcome(t.node, o.delivery.value, o.status_code, o.elapsed_ms)
-                        for t, o in zip(chosen, outcomes))
-        for target, outcome in zip(chosen, outcomes):
+        self.metrics.propagation_seconds.labels(first.mode).observe(elapsed)
+        results = tuple(TargetOutcome(t.node, o.delivery.value, o.status_code, o.elapsed_ms, p.mode,
+                                      variant[t.node] == ZSTD_VARIANT, len(p.data))
+                        for t, o, p in zip(chosen, outcomes, sent))
+        for target, outcome, payload in zip(chosen, outcomes, sent):
             self.metrics.publishes.labels(outcome.delivery.value).inc()
             if outcome.ok:
                 self.metrics.bytes_sent.labels(payload.mode).inc(len(payload.data))
@@ -140,25 +191,89 @@ class Propagator:
                             outcome.reason[:200], extra={**context, "target": target.node,
                                                          "status": outcome.status_code})
         report = PropagationReport("propagated", change.chain, change.function, change.version,
-                                   version, payload.mode, newer, results)
+                                   version, first.mode, newer, results)
         failed = [r.node for r in results if r.delivery == Delivery.GAVE_UP.value]
         if failed:
             raise ClientError(503, "propagation_failed",
                               f"broker(s) of {', '.join(failed)} did not take v{version} of "
                               f"{change.chain}/{change.function}; deliver the change again")
-        log.info("propagated", extra={**context, "version": version, "mode": payload.mode,
+        log.info("propagated", extra={**context, "version": version, "mode": first.mode,
                                       "targets": [t.node for t in chosen], "newer": newer,
                                       "elapsed_ms": round(elapsed * 1000, 3)})
         return report
+
+    # -- what each target gets ----------------------------------------------------------------
+
+    def _links(self, chosen: list[Target]) -> dict[str, float | None]:
+        """Each target's path bottleneck (Mbit/s) where compression is on and the resolver knows it."""
+        bandwidth = getattr(self.targets, "path_bandwidth_mbps", None)
+        if not (self.compressor.enabled and self.binary) or bandwidth is None:
+            return {}
+        return {t.node: bandwidth(self.node, t.node) for t in chosen}
+
+    def _whole_up_to(self, size: int, links: dict[str, float | None]) -> int:
+        if any(self.compressor.may_pay(size, mbps) for mbps in links.values()):
+            return self.inline_max_bytes * COMPRESSIBLE_READ_FACTOR
+        return self.inline_max_bytes
+
+    def _encode(self, change: ChangeRecord, snapshot: Snapshot, chosen: list[Target],
+                links: dict[str, float | None]) -> tuple[dict, dict]:
+        """The payloads of this push by variant (None: raw, ZSTD_VARIANT: compressed) and the
+        variant each target gets."""
+        meta = snapshot.meta
+        if not self.binary:
+            return ({None: encode_payload(Bundle(meta, snapshot.fields), origin=self.node,
+                                          inline_max_bytes=self.inline_max_bytes if snapshot.whole else -1,
+                                          sign=self.signing_key is not None)},
+                    dict.fromkeys((t.node for t in chosen), None))
+        fields, base = snapshot.fields, None
+        delta = self._delta(change, snapshot)
+        if delta is not None:
+            fields, base = delta, meta.version - 1
+        elif not snapshot.whole:
+            fields = {}  # a claim check of the whole bundle: nothing read, nothing sent
+        payloads = {None: encode_binary(meta, fields, origin=self.node, inline_max_bytes=self.inline_max_bytes,
+                                        base_version=base)}
+        variant = dict.fromkeys((t.node for t in chosen), None)
+        size = sum(len(v) for v in fields.values())
+        slow = {node: mbps for node, mbps in links.items() if self.compressor.may_pay(size, mbps)}
+        if slow and (snapshot.whole or delta is not None):
+            compressed = self.compressor.compress(fields)
+            chosen_for = [node for node, mbps in slow.items() if self.compressor.pays(compressed, mbps)]
+            self.metrics.compression.labels("compressed" if chosen_for else
+                                            "incompressible" if not compressed.frames else "slower").inc()
+            if chosen_for:
+                payloads[ZSTD_VARIANT] = encode_binary(meta, fields, origin=self.node,
+                                                       inline_max_bytes=self.inline_max_bytes, base_version=base,
+                                                       compressed=compressed.frames)
+                variant.update(dict.fromkeys(chosen_for, ZSTD_VARIANT))
+        return payloads, variant
+
+    def _delta(self, change: ChangeRecord, snapshot: Snapshot) -> dict[str, bytes] | None:
+        """The changed fields, when a delta from the previous version can be sent: the stored
+        version is the change's (a newer write's changes since are not known), the write
+        merged some fields into a bundle of more (a write that replaced the bundle, started it
+        anew after a delete or switched mechanism wrote all of it), and it saves enough bytes."""
+        meta = snapshot.meta
+        if (change.op != "put" or meta.version != change.version or change.version < 2
+                or not 0 < len(change.fields) < meta.field_count
+                or any(name not in snapshot.fields for name in change.fields)):
+            return None
+        fields = {name: snapshot.fields[name] for name in change.fields}
+        if sum(len(n) + len(v) for n, v in fields.items()) > DELTA_MAX_SHARE * meta.size:
+            return None
+        return fields
 
     def _tombstone(self, change: ChangeRecord) -> Payload:
         # The delete's own change entry was written with its tombstone, in the same transaction:
         # its node and time are the tombstone's.
         tombstone = Tombstone(change.chain, change.function, change.version, change.node, change.ts_ms)
+        if self.binary:
+            return encode_binary_tombstone(tombstone, origin=self.node)
         return encode_tombstone(tombstone, origin=self.node)
 
-    def _publish_all(self, payload: Payload, chosen: list[Target]) -> list[PublishOutcome]:
-        events = [propagation_event(payload, t.node, self.signing_key) for t in chosen]
+    def _publish_all(self, payloads: list[Payload], chosen: list[Target]) -> list[PublishOutcome]:
+        events = [propagation_event(p, t.node, self.signing_key) for p, t in zip(payloads, chosen)]
         # The last target is published from the request thread itself: one target needs no pool.
         futures = [self.executor.submit(self.publisher.publish, t.broker_url, e)
                    for t, e in zip(chosen[:-1], events[:-1])]

@@ -3,6 +3,9 @@
 *Bundled* state is already kept as one versioned bundle by the state library (written atomically,
 in one MULTI/EXEC), so the rebuild is one read: ``StateStore.get_bundle`` (MULTI: data + meta).
 
+What a push sends needs not be all of it (:func:`read_for_push`): the metadata alone for a
+claim check, the changed fields alone for a delta, read with the metadata in one MULTI.
+
 *Single* state keeps one STRING per field; the rebuild gathers all of them into one versioned
 bundle, which is what the successor needs in one round trip. It is a consistent snapshot: the
 field names come from the metadata's per-field digests, then one MULTI reads the metadata again
@@ -14,13 +17,13 @@ mechanisms), so the receiver can verify it and apply it as a bundle.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from skylark.state.store import redis_errors
 from skylark.state import keys
 from skylark.state.bundle import Bundle, BundleMeta, Mechanism
 from skylark.state.errors import BundleNotFound, StoreUnavailable
-from skylark.state.store import StateStore
+from skylark.state.store import StateStore, as_dict, parse_meta, redis_errors, transaction
 
 _SNAPSHOT_ATTEMPTS = 5
 
@@ -42,6 +45,67 @@ def current_bundle(store: StateStore, chain: str, function: str, mechanism: str 
         if found is None:
             raise
         return found
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a push needs of the current state: its metadata, and the values of all its fields
+    (``whole``) or of some (the changed ones), or of none."""
+
+    meta: BundleMeta
+    fields: dict[str, bytes] = field(repr=False)
+    whole: bool
+
+
+def read_for_push(store: StateStore, chain: str, function: str, mechanism: str, *, size: int, whole_up_to: int,
+                  changed: Sequence[str] = ()) -> Snapshot:
+    """What a push needs, in one round trip: bundled state's metadata and, when its ``size``
+    (the change record's: the metadata is read in the same round trip) is at most
+    ``whole_up_to``, all its fields, else the ``changed`` ones (a delta), else none (a claim
+    check). Single state is read whole (:func:`current_bundle`). :class:`BundleNotFound` when
+    there is no live state."""
+    if mechanism == Mechanism.BUNDLED.value:
+        data_key, meta_key = keys.bundle_key(chain, function), keys.meta_key(chain, function)
+        whole = size <= whole_up_to
+        commands: list[tuple] = [("HGETALL", meta_key), ("PTTL", meta_key)]
+        if whole:
+            commands.append(("HGETALL", data_key))
+        elif changed:
+            commands.append(("HMGET", data_key, *changed))
+        with redis_errors("rebuild"):
+            replies = transaction(store.client, commands)
+        error = next((r for r in replies if isinstance(r, Exception)), None)
+        if error is not None:
+            raise StoreUnavailable(f"Redis refused the rebuild: {error}")
+        meta = parse_meta(chain, function, as_dict(replies[0]), replies[1])
+        if meta is not None and meta.mechanism is Mechanism.BUNDLED:
+            if whole:
+                values = {name.decode(): value for name, value in as_dict(replies[2]).items()}
+            elif changed:
+                values = {n: v for n, v in zip(changed, replies[2]) if v is not None}
+            else:
+                values = {}
+            return Snapshot(meta, values, whole)
+    bundle = current_bundle(store, chain, function, mechanism)
+    return Snapshot(bundle.meta, bundle.fields, True)
+
+
+def changed_fields(store: StateStore, chain: str, function: str, names: Sequence[str]) -> Snapshot | None:
+    """The metadata and the named fields of (chain, function) in ``store``, in one MULTI (a
+    receiver pulling a delta from the origin); None when there is no live bundled state or a
+    named field is not in it."""
+    data_key, meta_key = keys.bundle_key(chain, function), keys.meta_key(chain, function)
+    with redis_errors("pull of changed fields"):
+        replies = transaction(store.client, [("HGETALL", meta_key), ("PTTL", meta_key),
+                                             ("HMGET", data_key, *names)])
+    error = next((r for r in replies if isinstance(r, Exception)), None)
+    if error is not None:
+        raise StoreUnavailable(f"Redis refused the pull of changed fields: {error}")
+    raw_meta, pttl, values = replies
+    meta = parse_meta(chain, function, as_dict(raw_meta), pttl)
+    if meta is None or meta.mechanism is not Mechanism.BUNDLED or any(v is None for v in values):
+        return None
+    return Snapshot(meta, dict(zip(names, values)), False)
 
 
 def _digest_names(raw_meta: Mapping[bytes, bytes]) -> list[str]:

@@ -1,13 +1,15 @@
 """Bundle received (``io.skylark.bundle.propagated``): verify, dedupe, pull if claim-checked, apply.
 
 A tombstone (a delete on the origin) is applied by the same rule: ``StateStore.apply_tombstone``
-drops the local copy when the tombstone is newer and keeps its version.
+drops the local copy when the tombstone is newer and keeps its version. Both shapes of the
+event are read: the binary one this release sends and the JSON one of the previous release
+(``handlers/bundle_event.py``).
 
 - The event must be meant for this node (``skylarktarget``, when present) — else 400.
 - With a signing key configured, the HMAC in ``skylarksignature`` must match: an event without
   one is refused with 401 ``missing_signature`` (the sender did not authenticate), one whose
   signature does not match with 403 ``invalid_signature`` (it did, and is not trusted). Nothing is
-  written either way; the check comes before the dedupe mark and any pull.
+  written either way; the check comes before the dedupe mark, any pull and any decompression.
 - A redelivery of an event already applied (same source + id) is acknowledged without work.
 - A claim check is resolved through the resolver's ``redis_url(origin)`` and read in one round
   trip (a pooled client per origin); an origin the topology does not know (yet) is a 404
@@ -15,6 +17,11 @@ drops the local copy when the tombstone is newer and keeps its version.
   If the origin now holds a *newer* version than claimed, that one is applied (newer wins either
   way; the answer says ``"newer": true``). If the origin no longer has the state, or has an
   older version than claimed (its Redis lost data), nothing is applied (``claim_gone``).
+- A **delta** (the fields one write changed, on top of ``skylarkbase``) is applied where this
+  node holds exactly the base (``StateStore.apply_delta``, which verifies the result's
+  checksum); anywhere else the whole bundle is pulled from the origin like a claim check and
+  applied instead (``"fallback": true``). A claim check naming changed fields pulls only those
+  when the base is here.
 - ``StateStore.apply`` verifies the checksum and keeps the newest version: equal is a no-op
   (``duplicate``), older is ``stale`` (counted), same version with other content is a
   ``conflict`` (local copy kept, counted). The dedupe mark is set in the same transaction as
@@ -30,12 +37,11 @@ from dataclasses import dataclass
 
 from cloudevents.core.base import BaseCloudEvent
 
-from handlers import signing
-from handlers.bundle_event import Claim, decode_propagation
+from handlers.bundle_event import Claim, Incoming, decode_propagation
 from skylark.state.dedupe import Deduper
 from handlers.metrics import HandlerMetrics
-from handlers.rebuild import current_bundle
-from skylark.state.bundle import ApplyOutcome, Bundle
+from handlers.rebuild import changed_fields, current_bundle
+from skylark.state.bundle import ApplyOutcome, Bundle, Delta
 from skylark.state.errors import BundleNotFound, BundleTooLarge, ChecksumMismatch
 from skylark.state.reader import RemoteStores
 from skylark.state.store import StateStore
@@ -53,11 +59,12 @@ class ReceiveReport:
     local_version: int | None = None
     mode: str = "inline"
     newer: bool = False
+    fallback: bool = False  # a delta whose base was not here: the whole bundle was pulled
 
     def to_dict(self) -> dict:
         return {"outcome": self.outcome, "chain": self.chain, "function": self.function,
                 "version": self.version, "local_version": self.local_version, "mode": self.mode,
-                "newer": self.newer}
+                "newer": self.newer, "fallback": self.fallback}
 
 
 class Receiver:
@@ -80,36 +87,56 @@ class Receiver:
                 raise ClientError(401, "missing_signature",
                                   "this node requires signed propagation events: the skylarksignature "
                                   "extension is missing")
-            if not signing.verify(self.signing_key, incoming.signed_message(), incoming.signature):
+            if not incoming.verify(self.signing_key):
                 raise ClientError(403, "invalid_signature",
                                   "skylarksignature does not match the event (wrong key, or the event "
                                   "was changed after signing)")
+        incoming = incoming.materialize()
         context = {"chain": incoming.chain, "function": incoming.function, "event_id": incoming.id,
                    "version": incoming.version, "mode": incoming.mode}
-        newer = False
         once = {"once_key": self.deduper.key(incoming.source, incoming.id), "once_ttl_s": self.deduper.ttl_s}
         if incoming.tombstone is not None:
             result = self.store.apply_tombstone(incoming.tombstone, **once)
             return self._report(incoming, result, context, incoming.version)
         if incoming.bundle is not None:
-            bundle = incoming.bundle
-        else:
-            # Checked before the pull, which is the expensive part of a claim check; an inline
-            # bundle is checked by the apply itself, in the same round trip.
-            if self.deduper.seen(incoming.source, incoming.id):
-                return self._duplicate_event(incoming, context)
-            pulled = self._pull(incoming.claim)  # type: ignore[arg-type]
-            if pulled is None:
-                log.info("claim check gone at its origin", extra=context)
-                self.deduper.mark(incoming.source, incoming.id)
-                return ReceiveReport("claim_gone", incoming.chain, incoming.function,
-                                     incoming.version, None, incoming.mode)
-            bundle = pulled
-            newer = bundle.version > incoming.version
-        result = self.store.apply(bundle, **once)
-        return self._report(incoming, result, context, bundle.version, newer)
+            return self._report(incoming, self.store.apply(incoming.bundle, **once), context, incoming.version)
+        if incoming.delta is not None:
+            result = self.store.apply_delta(incoming.delta, **once)
+            if result.outcome is not ApplyOutcome.NO_BASE:
+                return self._report(incoming, result, context, incoming.version)
+            claim = Claim(incoming.origin, incoming.chain, incoming.function, incoming.version,
+                          incoming.delta.meta.checksum, incoming.delta.meta.size)
+            return self._whole(incoming, claim, once, context, fallback=True)
+        claim = incoming.claim
+        assert claim is not None
+        # Checked before the pull, which is the expensive part of a claim check; an inline
+        # bundle is checked by the apply itself, in the same round trip.
+        if self.deduper.seen(incoming.source, incoming.id):
+            return self._duplicate_event(incoming, context)
+        if claim.fields and self.store.local_version(claim.chain, claim.function) == claim.base_version:
+            delta = self._pull_changed(claim)
+            if delta is not None:
+                result = self.store.apply_delta(delta, **once)
+                if result.outcome is not ApplyOutcome.NO_BASE:
+                    return self._report(incoming, result, context, incoming.version)
+        return self._whole(incoming, claim, once, context)
 
-    def _report(self, incoming, result, context: dict, version: int, newer: bool = False) -> ReceiveReport:
+    def _whole(self, incoming: Incoming, claim: Claim, once: dict, context: dict, *,
+               fallback: bool = False) -> ReceiveReport:
+        """Pull the whole bundle a claim (or a delta this node had no base for) names, and apply it."""
+        if fallback:
+            self.metrics.delta_fallbacks.inc()
+        pulled = self._pull(claim)
+        if pulled is None:
+            log.info("claim check gone at its origin", extra=context)
+            self.deduper.mark(incoming.source, incoming.id)
+            return ReceiveReport("claim_gone", incoming.chain, incoming.function,
+                                 incoming.version, None, incoming.mode, fallback=fallback)
+        result = self.store.apply(pulled, **once)
+        return self._report(incoming, result, context, pulled.version, pulled.version > incoming.version, fallback)
+
+    def _report(self, incoming, result, context: dict, version: int, newer: bool = False,
+                fallback: bool = False) -> ReceiveReport:
         if result.outcome is ApplyOutcome.SEEN:
             return self._duplicate_event(incoming, context)
         if result.outcome is ApplyOutcome.STALE:
@@ -121,7 +148,7 @@ class Receiver:
         log.log(level, "%s %s", what, result.outcome.value,
                 extra={**context, "version": version, "local_version": result.local_version})
         return ReceiveReport(result.outcome.value, incoming.chain, incoming.function, version,
-                             result.local_version, incoming.mode, newer)
+                             result.local_version, incoming.mode, newer, fallback)
 
     def _duplicate_event(self, incoming, context: dict) -> ReceiveReport:
         self.metrics.duplicates.labels("event").inc()
@@ -129,7 +156,7 @@ class Receiver:
         return ReceiveReport("duplicate_event", incoming.chain, incoming.function,
                              incoming.version, None, incoming.mode)
 
-    def _pull(self, claim: Claim) -> Bundle | None:
+    def _origin(self, claim: Claim):  # noqa: ANN202 - a StateStore
         if claim.size > self.store.max_bundle_bytes:
             raise BundleTooLarge(claim.size, self.store.max_bundle_bytes)
         origin = self.remote.store_for(claim.node)
@@ -139,6 +166,10 @@ class Receiver:
             # ours (no 5xx): 404, which Knative's delivery retries like a 503.
             raise ClientError(404, "origin_unknown",
                               f"no Redis address known for origin node {claim.node!r} (yet)")
+        return origin
+
+    def _pull(self, claim: Claim) -> Bundle | None:
+        origin = self._origin(claim)
         start = time.perf_counter()
         try:
             bundle = current_bundle(origin, claim.chain, claim.function)
@@ -153,3 +184,15 @@ class Receiver:
                 f"origin {claim.node} holds v{claim.version} of {claim.chain}/{claim.function} with "
                 f"checksum {bundle.meta.checksum}, the claim says {claim.checksum}")
         return bundle
+
+    def _pull_changed(self, claim: Claim) -> Delta | None:
+        """The fields a claim names as changed, as a delta onto its base; None when the origin
+        holds another version now (the whole bundle is pulled then)."""
+        origin = self._origin(claim)
+        start = time.perf_counter()
+        snapshot = changed_fields(origin, claim.chain, claim.function, claim.fields)
+        self.metrics.pull_seconds.observe(time.perf_counter() - start)
+        if snapshot is None or snapshot.meta.version != claim.version or snapshot.meta.checksum != claim.checksum:
+            return None
+        self.metrics.bytes_pulled.inc(sum(len(n) + len(v) for n, v in snapshot.fields.items()))
+        return Delta(snapshot.meta, claim.base_version, snapshot.fields)  # type: ignore[arg-type]

@@ -104,6 +104,17 @@ class PolicyTargets:
         return self.placer().location(self._topology(), origin, reader_node, function, size_bytes, chain=chain,
                                       version=version, reader=reader)
 
+    def path_bandwidth_mbps(self, node: str, target: str) -> float | None:
+        """The bottleneck bandwidth of the min-latency path ``node`` → ``target`` (what a push
+        there goes through), None when there is none. Not part of :class:`TargetResolver`: a
+        resolver without it makes the handlers treat every link as fast."""
+        topology = self._topology()
+        if node not in topology or target not in topology:
+            return None
+        adjacency = topology.adjacency(0.0)
+        path = self._trees.tree(topology, node, 0.0).path_to(adjacency.index[target])
+        return min(path.hop_bandwidth_mbps) if path is not None and path.hop_bandwidth_mbps else None
+
     def redis_url(self, node: str) -> str | None:
         topology = self._topology()
         return (topology.node(node).redis_url or None) if node in topology else None

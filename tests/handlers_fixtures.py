@@ -133,8 +133,10 @@ def start_cluster(names: Sequence[str], links: Sequence[tuple[str, str]], *,
                   signing_key: bytes | None = None, policy: str = "skylark",
                   max_bundle_bytes: int = 64 * 1024 * 1024,
                   slo: SLO = SLO(max_latency_ms=1000.0, min_bandwidth_mbps=0.0),
-                  latency_ms: float = 1.0, bandwidth_mbps: float = 10_000.0) -> SimCluster:
-    """Nodes ``names`` linked by ``links``; every node's handlers pushes to its ready neighbours."""
+                  latency_ms: float = 1.0, bandwidth_mbps: float = 10_000.0,
+                  handler_options: dict | None = None) -> SimCluster:
+    """Nodes ``names`` linked by ``links``; every node's handlers pushes to its ready neighbours.
+    ``handler_options``: more ``HandlerSettings`` of every node."""
     holder = TopologyHolder()
     cluster = SimCluster({}, holder)
     try:
@@ -144,7 +146,8 @@ def start_cluster(names: Sequence[str], links: Sequence[tuple[str, str]], *,
                 cluster.closers.append(redis_server.stop)
             core = Settings(node=name, redis_url=redis_server.url, inline_max_bytes=inline_max_bytes,
                             max_bundle_bytes=max_bundle_bytes, policy=policy, redis_timeout_s=2.0)
-            settings = HandlerSettings(core=core, signing_key=signing_key, publish_retries=1)
+            settings = HandlerSettings(core=core, signing_key=signing_key, publish_retries=1,
+                                       **(handler_options or {}))
             store = StateStore.from_settings(core)
             cluster.closers.append(store.client.close)
             targets = PolicyTargets(holder, lambda: slo, policy=policy)
