@@ -204,25 +204,27 @@ def _meta_attributes(meta: BundleMeta, origin: str, mode: str, base_version: int
 
 
 def encode_binary(meta: BundleMeta, fields: Mapping[str, bytes], *, origin: str, inline_max_bytes: int,
-                  base_version: int | None = None, compressed: Mapping[str, bytes] | None = None) -> Payload:
-    """The binary shape of a bundle (``fields`` all of it) or, with ``base_version``, of a delta
-    (``fields`` those the write changed since that version). Inline while the body fits
-    ``inline_max_bytes``, else a claim check on ``origin`` (naming the changed fields, for a
-    delta); fewer fields than the bundle has, and no base: a claim check of the whole (the
-    values were not read). ``compressed`` holds zstd frames to send instead of some values."""
+                  base_version: int | None = None, compressed: Mapping[str, bytes] | None = None) -> Payload | None:
+    """The binary shape of a bundle carried inline (``fields``: all of it) or, with
+    ``base_version``, of a delta (``fields``: those the write changed since that version);
+    None when the body would be larger than ``inline_max_bytes`` (send :func:`encode_claim`).
+    ``compressed`` holds zstd frames to send instead of some values."""
     compressed = compressed or {}
-    entries = [(name, ZSTD, len(value), compressed[name]) if name in compressed else (name, RAW, len(value), value)
-               for name, value in fields.items()]
-    body = frame(entries)
-    whole = base_version is not None or len(fields) == meta.field_count  # else: values not read
-    if whole and len(body) <= inline_max_bytes:
-        mode = INLINE if base_version is None else DELTA
-        carried = sum(len(value) for value in fields.values())
-    else:
-        mode, carried = CLAIM, 0
-        body = b"" if base_version is None else frame([(name, AT_ORIGIN, len(v), b"") for name, v in fields.items()])
+    body = frame([(name, ZSTD, len(value), compressed[name]) if name in compressed else (name, RAW, len(value), value)
+                  for name, value in fields.items()])
+    if len(body) > inline_max_bytes:
+        return None
+    mode = INLINE if base_version is None else DELTA
     return Payload(meta, origin, mode, body, attributes=_meta_attributes(meta, origin, mode, base_version),
-                   value_bytes=carried)
+                   value_bytes=sum(len(value) for value in fields.values()))
+
+
+def encode_claim(meta: BundleMeta, *, origin: str, base_version: int | None = None,
+                 changed: Mapping[str, int] | None = None) -> Payload:
+    """A claim check on ``origin``: of the whole bundle, or, with ``base_version``, of the
+    ``changed`` fields (name → value length) since that version."""
+    body = frame([(name, AT_ORIGIN, length, b"") for name, length in (changed or {}).items()])
+    return Payload(meta, origin, CLAIM, body, attributes=_meta_attributes(meta, origin, CLAIM, base_version))
 
 
 def encode_binary_tombstone(tombstone: Tombstone, *, origin: str) -> Payload:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -48,6 +49,7 @@ from eventing.redisstream import decode_stream_event
 from handlers.bundle_event import (
     Payload,
     encode_binary,
+    encode_claim,
     encode_binary_tombstone,
     encode_payload,
     encode_tombstone,
@@ -57,7 +59,7 @@ from handlers.compression import Compressor
 from handlers.metrics import HandlerMetrics
 from handlers.rebuild import Snapshot, read_for_push
 from neighbors_service.targets import Target, TargetResolver
-from skylark.state.bundle import Bundle, Tombstone
+from skylark.state.bundle import Bundle, BundleMeta, Tombstone
 from skylark.state.changes import ChangeRecord
 from skylark.state.errors import BundleNotFound
 from skylark.state.store import StateStore
@@ -142,10 +144,13 @@ class Propagator:
             chosen = self.targets.targets(self.node, change.function, change.size, chain=change.chain,
                                           version=change.version)
             links = self._links(chosen)
+        # With a slow link to compress for, a larger bundle may go inline (compressed): read it.
+        readable = self.inline_max_bytes * (COMPRESSIBLE_READ_FACTOR if any(
+            self.compressor.may_pay(change.size, mbps) for mbps in links.values()) else 1)
         try:
             snapshot = read_for_push(self.store, change.chain, change.function, change.mechanism,
-                                     size=change.size, whole_up_to=self._whole_up_to(change.size, links),
-                                     changed=change.fields if self.binary and change.op == "put" else ())
+                                     size=change.size, whole_up_to=readable,
+                                     wanted=self._wanted(change, readable))
         except BundleNotFound:
             local_version = self.store.local_version(change.chain, change.function)
             if local_version == 0 or (change.op == "delete" and local_version < change.version):
@@ -211,33 +216,29 @@ class Propagator:
             return {}
         return {t.node: bandwidth(self.node, t.node) for t in chosen}
 
-    def _whole_up_to(self, size: int, links: dict[str, float | None]) -> int:
-        if any(self.compressor.may_pay(size, mbps) for mbps in links.values()):
-            return self.inline_max_bytes * COMPRESSIBLE_READ_FACTOR
-        return self.inline_max_bytes
 
     def _encode(self, change: ChangeRecord, snapshot: Snapshot, chosen: list[Target],
                 links: dict[str, float | None]) -> tuple[dict, dict]:
         """The payloads of this push by variant (None: raw, ZSTD_VARIANT: compressed) and the
         variant each target gets."""
         meta = snapshot.meta
+        variant = dict.fromkeys((t.node for t in chosen), None)
         if not self.binary:
             return ({None: encode_payload(Bundle(meta, snapshot.fields), origin=self.node,
                                           inline_max_bytes=self.inline_max_bytes if snapshot.whole else -1,
-                                          sign=self.signing_key is not None)},
-                    dict.fromkeys((t.node for t in chosen), None))
-        fields, base = snapshot.fields, None
-        delta = self._delta(change, snapshot)
-        if delta is not None:
-            fields, base = delta, meta.version - 1
-        elif not snapshot.whole:
-            fields = {}  # a claim check of the whole bundle: nothing read, nothing sent
+                                          sign=self.signing_key is not None)}, variant)
+        changed = self._delta(change, meta, snapshot.lengths)
+        base = meta.version - 1 if changed else None
+        fields = ({name: snapshot.fields[name] for name in changed if name in snapshot.fields} if changed
+                  else snapshot.fields if snapshot.whole else {})
+        claim = encode_claim(meta, origin=self.node, base_version=base, changed=changed)
+        if len(fields) < (len(changed) if changed else meta.field_count):
+            return {None: claim}, variant  # the values were not read: they would not go inline
         payloads = {None: encode_binary(meta, fields, origin=self.node, inline_max_bytes=self.inline_max_bytes,
-                                        base_version=base)}
-        variant = dict.fromkeys((t.node for t in chosen), None)
+                                        base_version=base) or claim}
         size = sum(len(v) for v in fields.values())
         slow = {node: mbps for node, mbps in links.items() if self.compressor.may_pay(size, mbps)}
-        if slow and (snapshot.whole or delta is not None):
+        if slow:
             compressed = self.compressor.compress(fields)
             chosen_for = [node for node, mbps in slow.items() if self.compressor.pays(compressed, mbps)]
             self.metrics.compression.labels("compressed" if chosen_for else
@@ -245,24 +246,34 @@ class Propagator:
             if chosen_for:
                 payloads[ZSTD_VARIANT] = encode_binary(meta, fields, origin=self.node,
                                                        inline_max_bytes=self.inline_max_bytes, base_version=base,
-                                                       compressed=compressed.frames)
+                                                       compressed=compressed.frames) or claim
                 variant.update(dict.fromkeys(chosen_for, ZSTD_VARIANT))
         return payloads, variant
 
-    def _delta(self, change: ChangeRecord, snapshot: Snapshot) -> dict[str, bytes] | None:
-        """The changed fields, when a delta from the previous version can be sent: the stored
-        version is the change's (a newer write's changes since are not known), the write
-        merged some fields into a bundle of more (a write that replaced the bundle, started it
-        anew after a delete or switched mechanism wrote all of it), and it saves enough bytes."""
-        meta = snapshot.meta
-        if (change.op != "put" or meta.version != change.version or change.version < 2
+    def _delta(self, change: ChangeRecord, meta: BundleMeta, lengths: Mapping[str, int]) -> dict[str, int] | None:
+        """The changed fields (name → length) when a delta from the previous version can be
+        sent: the stored version is the change's (a newer write's changes since are not known),
+        the write merged some fields into a bundle of more (a write that replaced the bundle,
+        started it anew after a delete or switched mechanism wrote all of it), and they are at
+        most DELTA_MAX_SHARE of its bytes."""
+        if (not self.binary or change.op != "put" or meta.version != change.version or change.version < 2
                 or not 0 < len(change.fields) < meta.field_count
-                or any(name not in snapshot.fields for name in change.fields)):
+                or any(name not in lengths for name in change.fields)):
             return None
-        fields = {name: snapshot.fields[name] for name in change.fields}
-        if sum(len(n) + len(v) for n, v in fields.items()) > DELTA_MAX_SHARE * meta.size:
+        changed = {name: lengths[name] for name in change.fields}
+        if sum(len(n) + length for n, length in changed.items()) > DELTA_MAX_SHARE * meta.size:
             return None
-        return fields
+        return changed
+
+    def _wanted(self, change: ChangeRecord, readable: int) -> Callable[[BundleMeta, dict[str, int]], list[str]]:
+        """For a bundle too large to read whole: the fields to read, those of a delta that may
+        go inline (its bytes at most ``readable``), else none."""
+        def wanted(meta: BundleMeta, lengths: dict[str, int]) -> list[str]:
+            changed = self._delta(change, meta, lengths)
+            if changed is None or sum(changed.values()) > readable:
+                return []
+            return list(changed)
+        return wanted
 
     def _tombstone(self, change: ChangeRecord) -> Payload:
         # The delete's own change entry was written with its tombstone, in the same transaction:

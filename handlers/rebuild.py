@@ -17,7 +17,7 @@ mechanisms), so the receiver can verify it and apply it as a bundle.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from skylark.state import keys
@@ -49,45 +49,62 @@ def current_bundle(store: StateStore, chain: str, function: str, mechanism: str 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What a push needs of the current state: its metadata, and the values of all its fields
-    (``whole``) or of some (the changed ones), or of none."""
+    """What a push needs of the current state: its metadata, every field's length, and the
+    values of all its fields (``whole``), of some (changed ones), or of none."""
 
     meta: BundleMeta
     fields: dict[str, bytes] = field(repr=False)
     whole: bool
+    lengths: dict[str, int] = field(default_factory=dict)
+
+
+def _lengths(raw_meta: Mapping[bytes, bytes]) -> dict[str, int]:
+    return {k[2:].decode(): int(v) for k, v in raw_meta.items() if k.startswith(b"l:")}
+
+
+def _read(store: StateStore, commands: list[tuple]) -> list:
+    with redis_errors("rebuild"):
+        replies = transaction(store.client, commands)
+    error = next((r for r in replies if isinstance(r, Exception)), None)
+    if error is not None:
+        raise StoreUnavailable(f"Redis refused the rebuild: {error}")
+    return replies
 
 
 def read_for_push(store: StateStore, chain: str, function: str, mechanism: str, *, size: int, whole_up_to: int,
-                  changed: Sequence[str] = ()) -> Snapshot:
-    """What a push needs, in one round trip: bundled state's metadata and, when its ``size``
-    (the change record's: the metadata is read in the same round trip) is at most
-    ``whole_up_to``, all its fields, else the ``changed`` ones (a delta), else none (a claim
-    check). Single state is read whole (:func:`current_bundle`). :class:`BundleNotFound` when
-    there is no live state."""
+                  wanted: Callable[[BundleMeta, dict[str, int]], Sequence[str]] | None = None) -> Snapshot:
+    """What a push needs. Bundled state whose ``size`` (the change record's) is at most
+    ``whole_up_to``: the metadata and every value, in one round trip. Larger: the metadata
+    first, then — only if ``wanted(meta, lengths)`` names fields (a delta small enough to go
+    inline) — those values, read with the metadata again in one MULTI; no value at all for a
+    claim check. Single state is read whole (:func:`current_bundle`). :class:`BundleNotFound`
+    when there is no live state."""
     if mechanism == Mechanism.BUNDLED.value:
         data_key, meta_key = keys.bundle_key(chain, function), keys.meta_key(chain, function)
+        head = [("HGETALL", meta_key), ("PTTL", meta_key)]
         whole = size <= whole_up_to
-        commands: list[tuple] = [("HGETALL", meta_key), ("PTTL", meta_key)]
-        if whole:
-            commands.append(("HGETALL", data_key))
-        elif changed:
-            commands.append(("HMGET", data_key, *changed))
-        with redis_errors("rebuild"):
-            replies = transaction(store.client, commands)
-        error = next((r for r in replies if isinstance(r, Exception)), None)
-        if error is not None:
-            raise StoreUnavailable(f"Redis refused the rebuild: {error}")
-        meta = parse_meta(chain, function, as_dict(replies[0]), replies[1])
+        replies = _read(store, head + [("HGETALL", data_key)] if whole else head)
+        raw_meta = as_dict(replies[0])
+        meta = parse_meta(chain, function, raw_meta, replies[1])
         if meta is not None and meta.mechanism is Mechanism.BUNDLED:
+            lengths = _lengths(raw_meta)
             if whole:
                 values = {name.decode(): value for name, value in as_dict(replies[2]).items()}
-            elif changed:
-                values = {n: v for n, v in zip(changed, replies[2]) if v is not None}
+                return Snapshot(meta, values, True, lengths)
+            names = list(wanted(meta, lengths)) if wanted else []
+            if names:
+                raw_meta, pttl, values = _read(store, head + [("HMGET", data_key, *names)])
+                again = parse_meta(chain, function, as_dict(raw_meta), pttl)
+                same = again is not None and (again.version, again.checksum) == (meta.version, meta.checksum)
+                if same and all(v is not None for v in values):
+                    return Snapshot(meta, dict(zip(names, values)), False, lengths)
+                # Written again in between: the newer version goes as a claim check.
+                if again is not None and again.mechanism is Mechanism.BUNDLED:
+                    return Snapshot(again, {}, False, _lengths(as_dict(raw_meta)))
             else:
-                values = {}
-            return Snapshot(meta, values, whole)
+                return Snapshot(meta, {}, False, lengths)
     bundle = current_bundle(store, chain, function, mechanism)
-    return Snapshot(bundle.meta, bundle.fields, True)
+    return Snapshot(bundle.meta, bundle.fields, True, {n: len(v) for n, v in bundle.fields.items()})
 
 
 def changed_fields(store: StateStore, chain: str, function: str, names: Sequence[str]) -> Snapshot | None:

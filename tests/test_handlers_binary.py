@@ -61,10 +61,11 @@ def test_compressed_fields_delta_claim_and_tombstone_read_back():
     assert delta.mode == be.DELTA and len(body) < 200
     got = incoming.materialize().delta
     assert (got.base_version, got.meta, got.fields) == (6, meta, {"a": b"x" * 5000})
-    claim = be.encode_binary(meta, {"a": b"x" * 5000}, origin="node-a", inline_max_bytes=100, base_version=6)
+    assert be.encode_binary(meta, {"a": b"x" * 5000}, origin="node-a", inline_max_bytes=100, base_version=6) is None
+    claim = be.encode_claim(meta, origin="node-a", base_version=6, changed={"a": 5000})
     _, _, incoming = _round_trip(claim)
     assert incoming.claim == be.Claim("node-a", CHAIN, "f", 7, meta.checksum, meta.size, 6, ("a",))
-    whole_claim = be.encode_binary(meta, {}, origin="node-a", inline_max_bytes=0)
+    whole_claim = be.encode_claim(meta, origin="node-a")
     _, body, incoming = _round_trip(whole_claim)
     assert body == b"" and incoming.claim == be.Claim("node-a", CHAIN, "f", 7, meta.checksum, meta.size)
     from skylark.state.bundle import Tombstone
