@@ -13,9 +13,9 @@ env                                meaning                                      
                                    is reused for target decisions
 ``SKYLARK_MAX_REQUEST_BYTES``      largest request body (413 above)                                see below
 ``SKYLARK_WARMUP_MAX_PAIRS``       most (chain, function) pairs one warm-up refreshes              1000
-``SKYLARK_PROPAGATION_FORMAT``     ``binary``, or ``json``: the previous release's shape, for a     binary
+``SKYLARK_PROPAGATION_FORMAT``     ``binary``, or ``json``: the previous release's shape, for a    binary
                                    rolling upgrade while some receivers are not upgraded yet
-``SKYLARK_COMPRESSION``            ``auto`` (zstd toward slow links, where it pays) or ``off``      auto
+``SKYLARK_COMPRESSION``            ``auto`` (zstd toward slow links, where it pays) or ``off``     auto
 ``PORT`` and the core ``SKYLARK_*``  see ``docs/conventions.md``
 =================================  =============================================================  ==========
 

@@ -39,6 +39,8 @@ class HandlerMetrics:
                                       buckets=LATENCY_BUCKETS, registry=r)
         self.bytes_sent = Counter("skylark_handler_bytes_sent_total",
                                   "Bytes of propagation event data sent to brokers", ["mode"], registry=r)
+        self.bytes_received = Counter("skylark_handler_bytes_received_total",
+                                      "Bytes of binary propagation event bodies received", ["mode"], registry=r)
         self.bytes_pulled = Counter("skylark_handler_bytes_pulled_total",
                                     "Bundle bytes pulled from other nodes (claim checks, warm-up)",
                                     registry=r)

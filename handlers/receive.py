@@ -92,6 +92,8 @@ class Receiver:
                                   "skylarksignature does not match the event (wrong key, or the event "
                                   "was changed after signing)")
         incoming = incoming.materialize()
+        if incoming.attributes is not None:
+            self.metrics.bytes_received.labels(incoming.mode).inc(len(incoming.body))
         context = {"chain": incoming.chain, "function": incoming.function, "event_id": incoming.id,
                    "version": incoming.version, "mode": incoming.mode}
         once = {"once_key": self.deduper.key(incoming.source, incoming.id), "once_ttl_s": self.deduper.ttl_s}
