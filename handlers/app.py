@@ -29,6 +29,7 @@ from handlers.receive import Receiver
 from neighbors_service.targets import TargetResolver, targets_from_neighbors
 from handlers.warmup import Warmer
 from skylark.serving.logs import configure_logging
+from skylark.serving.tracing import configure_tracing
 from skylark.state.reader import RemoteStores
 from skylark.state.redis_client import ClientPool
 from skylark.state.settings import Settings
@@ -94,6 +95,7 @@ def create_app(settings: HandlerSettings | Settings | None = None, *, store: Sta
     config = _settings(settings)
     core = config.core
     configure_logging(core.log_level)
+    configure_tracing("skylark-handlers")
     closers: list[Callable[[], None]] = []
 
     if store is None:

@@ -65,7 +65,7 @@ def _handle(event: BaseCloudEvent, route: str):
     label = type_label(event.get_type())
     try:
         _check_raw_data(event)
-        report = handler(event)
+        report = handler(event, request.headers)  # the headers: the trace of the hop before
     except InvalidEvent as exc:
         counter.labels(label, exc.code).inc()
         raise ClientError(400, exc.code, exc.detail) from None

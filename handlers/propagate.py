@@ -43,6 +43,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from cloudevents.core.base import BaseCloudEvent
+from cloudevents.core.v1.event import CloudEvent
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from eventing.publisher import Delivery, PublishOutcome, Publisher
 from eventing.redisstream import decode_stream_event
@@ -63,9 +66,15 @@ from skylark.state.bundle import Bundle, BundleMeta, Tombstone
 from skylark.state.changes import ChangeRecord
 from skylark.state.errors import BundleNotFound
 from skylark.state.store import StateStore
+from skylark.serving.tracing import context_of, context_of_event, current_traceparent, tracer
 from skylark.serving.web import ClientError
 
 log = logging.getLogger(__name__)
+_TRACER = tracer("skylark.handlers")
+
+
+def _traced(event: BaseCloudEvent, trace: Mapping[str, str]) -> BaseCloudEvent:
+    return CloudEvent({**event.get_attributes(), **trace}, event.get_data()) if trace else event
 ZSTD_VARIANT = "zstd"
 
 
@@ -130,9 +139,27 @@ class Propagator:
         self.compressor = compressor or Compressor(enabled=False)
         self.binary = binary  # False: the previous release's JSON shape (rolling upgrades)
 
-    def handle(self, event: BaseCloudEvent) -> PropagationReport:
-        start = time.perf_counter()
+    def handle(self, event: BaseCloudEvent, headers: Mapping[str, str] | None = None) -> PropagationReport:
+        """A change, pushed in a span that continues the writer's trace: its traceparent came in
+        the change record (a RedisStreamSource carries no trace of its own to continue)."""
         change = decode_stream_event(event, stream=self.change_stream).change
+        parent = context_of_event(event, headers)
+        if change.traceparent and trace.get_current_span(parent).get_span_context().trace_id != \
+                trace.get_current_span(context_of(change.traceparent)).get_span_context().trace_id:
+            # The source's own trace (a RedisStreamSource's), not the writer's: the record's wins.
+            parent = context_of(change.traceparent)
+        with _TRACER.start_as_current_span(
+                f"propagate {change.function}", context=parent, kind=SpanKind.PRODUCER,
+                attributes={"skylark.chain": change.chain, "skylark.function": change.function,
+                            "skylark.node": self.node, "skylark.version": change.version,
+                            "skylark.policy": getattr(self.targets, "policy", "")}) as span:
+            report = self._handle(event, change)
+            span.set_attributes({"skylark.outcome": report.outcome, "skylark.mode": report.mode or "",
+                                 "skylark.targets": [t.node for t in report.targets]})
+            return report
+
+    def _handle(self, event: BaseCloudEvent, change: ChangeRecord) -> PropagationReport:
+        start = time.perf_counter()
         context = {"chain": change.chain, "function": change.function, "event_id": event.get_id(),
                    "version": change.version}
         if change.op == "delete":
@@ -284,7 +311,9 @@ class Propagator:
         return encode_tombstone(tombstone, origin=self.node)
 
     def _publish_all(self, payloads: list[Payload], chosen: list[Target]) -> list[PublishOutcome]:
-        events = [propagation_event(p, t.node, self.signing_key) for p, t in zip(payloads, chosen)]
+        # The receivers' apply continues this push's trace (the signature does not cover it).
+        trace = current_traceparent()
+        events = [_traced(propagation_event(p, t.node, self.signing_key), trace) for p, t in zip(payloads, chosen)]
         # The last target is published from the request thread itself: one target needs no pool.
         futures = [self.executor.submit(self.publisher.publish, t.broker_url, e)
                    for t, e in zip(chosen[:-1], events[:-1])]

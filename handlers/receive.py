@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cloudevents.core.base import BaseCloudEvent
+from opentelemetry.trace import SpanKind
 
 from handlers.bundle_event import Claim, Incoming, decode_propagation
 from skylark.state.dedupe import Deduper
@@ -45,9 +47,11 @@ from skylark.state.bundle import ApplyOutcome, Bundle, Delta
 from skylark.state.errors import BundleNotFound, BundleTooLarge, ChecksumMismatch
 from skylark.state.reader import RemoteStores
 from skylark.state.store import StateStore
+from skylark.serving.tracing import context_of_event, tracer
 from skylark.serving.web import ClientError
 
 log = logging.getLogger(__name__)
+_TRACER = tracer("skylark.handlers")
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,20 @@ class Receiver:
         self.metrics = metrics
         self.signing_key = signing_key
 
-    def handle(self, event: BaseCloudEvent) -> ReceiveReport:
+    def handle(self, event: BaseCloudEvent, headers: Mapping[str, str] | None = None) -> ReceiveReport:
+        """A pushed bundle, applied in a span that continues the push's trace."""
+        with _TRACER.start_as_current_span(
+                f"apply {event.get_extension('skylarkfunction') or 'bundle'}",
+                context=context_of_event(event, headers),
+                kind=SpanKind.CONSUMER, attributes={"skylark.node": self.node,
+                                                    "skylark.chain": str(event.get_extension("skylarkchain") or ""),
+                                                    "skylark.version": str(event.get_extension("skylarkversion") or "")}
+        ) as span:
+            report = self._handle(event)
+            span.set_attribute("skylark.apply.outcome", report.to_dict().get("outcome", ""))
+            return report
+
+    def _handle(self, event: BaseCloudEvent) -> ReceiveReport:
         incoming = decode_propagation(event)
         if incoming.target is not None and incoming.target != self.node:
             raise ClientError(400, "wrong_target",

@@ -41,8 +41,10 @@ from skylark.state.errors import BundleNotFound, BundleTooLarge, ChecksumMismatc
 from skylark.state.names import NAME_PATTERN, validate_name
 from skylark.state.reader import RemoteStores
 from skylark.state.store import StateStore
+from skylark.serving.tracing import context_of_event, tracer
 
 log = logging.getLogger(__name__)
+_TRACER = tracer("skylark.handlers")
 _MAX_NAMES = 1000  # per list in one ping's data
 
 
@@ -135,7 +137,16 @@ class Warmer:
         self.metrics = metrics
         self.page_pairs = page_pairs
 
-    def handle(self, event: BaseCloudEvent) -> WarmupReport:
+    def handle(self, event: BaseCloudEvent, headers: Mapping[str, str] | None = None) -> WarmupReport:
+        """A warm-up, in a span of the ping's trace (a PingSource starts one per tick)."""
+        with _TRACER.start_as_current_span("warm-up", context=context_of_event(event, headers),
+                                           attributes={"skylark.node": self.node}) as span:
+            report = self._warm(event)
+            span.set_attributes({"skylark.checked": report.checked, "skylark.refreshed": report.refreshed,
+                                 "skylark.pages": report.pages})
+            return report
+
+    def _warm(self, event: BaseCloudEvent) -> WarmupReport:
         request = parse_warmup(event)
         nodes = [n for n in (request.nodes or tuple(self.targets.neighbors(self.node))) if n != self.node]
         report = WarmupReport(nodes=nodes)

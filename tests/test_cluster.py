@@ -316,3 +316,52 @@ def test_on_the_thesis_testbed_each_bundle_goes_to_the_elected_node_and_is_read_
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
+
+
+def test_one_invocation_is_one_trace_across_every_stage_and_the_propagation():
+    """skylark run --trace on the example workflow: every span has the run's trace id; each push
+    is a child of the write that caused it (its traceparent travels in the change record), each
+    delivery by a broker of what was sent to it, each apply of its delivery, each stage of the
+    delivery of the event before it, each read of its stage."""
+    result = skylark("run", "--standalone", "--trace", "--json", "--input",
+                     os.path.join(REPO, "skylark", "runtime", "samples", "astronaut.jpg"), timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = json.loads(result.stdout)
+    spans = run["spans"]
+    assert spans and {s["trace_id"] for s in spans} == {run["trace_id"]}
+    by_id = {s["span_id"]: s for s in spans}
+
+    def one(name: str) -> dict:
+        [span] = [s for s in spans if s["name"] == name]
+        return span
+
+    def parent(span: dict) -> str | None:
+        found = by_id.get(span["parent_id"])
+        return found["name"] if found else None
+
+    assert parent(one("deliver preprocess")) is None  # a child of the run's own (unrecorded) span
+    assert parent(one("preprocess")) == "deliver preprocess"
+    expected = {"write preprocess": "preprocess", "stream skylark:changes": None,  # checked below
+                "propagate preprocess": "stream skylark:changes",
+                "deliver bundle-propagated-node-b": "propagate preprocess",
+                "apply preprocess": "deliver bundle-propagated-node-b", "deliver detect": "preprocess",
+                "detect": "deliver detect", "read preprocess": "detect", "write detect": "detect",
+                "deliver bundle-propagated-node-c": "propagate detect",
+                "apply detect": "deliver bundle-propagated-node-c", "deliver alarm": "detect",
+                "alarm": "deliver alarm", "read detect": "alarm"}
+    # the local stream source continues the writer's trace (one span per change: two here)
+    streams = [s for s in spans if s["name"] == "stream skylark:changes"]
+    assert sorted(parent(s) for s in streams) == ["write detect", "write preprocess"]
+    pushes = {s["name"]: parent(s) for s in spans if s["name"].startswith("propagate ")}
+    assert pushes == {"propagate preprocess": "stream skylark:changes", "propagate detect": "stream skylark:changes"}
+    for push in (s for s in spans if s["name"].startswith("propagate ")):
+        source = by_id[push["parent_id"]]
+        assert parent(source) == "write " + push["name"].split()[1]  # the push of that very write
+    del expected["stream skylark:changes"], expected["propagate preprocess"]
+    assert {name: parent(one(name)) for name in expected} == expected
+    # where things ran, and what the spans say for SLOs
+    assert one("propagate preprocess")["service"] == "handlers@node-a"
+    assert one("apply preprocess")["service"] == "handlers@node-b"
+    assert one("propagate preprocess")["attributes"]["skylark.targets"] == ["node-b"]
+    assert one("read preprocess")["attributes"]["skylark.read.location"] == "local"
+    assert one("apply preprocess")["attributes"]["skylark.apply.outcome"] == "applied"

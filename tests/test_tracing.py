@@ -16,6 +16,7 @@ from rich.console import Console
 
 from eventing.http import new_event
 from functions_fixtures import post_event, reply_event, serve  # noqa: F401 - serve is a fixture
+from handlers_fixtures import cluster_factory  # noqa: F401 - a fixture
 from skylark.runtime.traces import create_app as traces_app
 from skylark.runtime.waterfall import new_traceparent, waterfall
 from skylark.sdk import Context, Function, FunctionSettings, create_app
@@ -98,11 +99,19 @@ def test_the_collector_keeps_exported_spans_and_the_waterfall_draws_them(spans, 
     got = requests.get(f"{collector.url}/traces/{trace_id}", params={"min_spans": 2, "wait_ms": 2000}).json()["spans"]
     assert [s["name"] for s in got] == ["invocation", "read preprocess"]
     assert got[1]["parent_id"] == got[0]["span_id"] and got[1]["attributes"]["skylark.read.node"] == "node-b"
+    # a long name on a node: cut to one line, the trigger's node suffix left to the node column
+    got.append({**got[1], "span_id": "f" * 16, "name": "deliver observer-io-skylark-alarm-raised-node-c",
+                "service": "broker@node-c", "attributes": {}})
     console = Console(width=80, record=True)
     console.print(waterfall(got, "one trace"))
     text = console.export_text()
-    assert "│ invocation " in text and "│   read preprocess │ local@node-b 150 kB │" in text
-    assert max(len(line) for line in text.splitlines()) <= 80
+    lines = text.splitlines()
+    assert any(line.startswith("invocation ") for line in lines)
+    [read] = [line for line in lines if line.startswith(" read preprocess ")]  # one step under its parent
+    assert "local@node-b 150 kB" in read
+    [deliver] = [line for line in lines if line.startswith(" deliver observer-io-")]
+    assert "node-c" in deliver and "alarm-raised-node-c" not in deliver
+    assert max(len(line) for line in lines) <= 80
     # what is not an OTLP export is refused with the JSON error shape
     for data, kind, status in ((b"nope", "application/x-protobuf", 400), (b"{}", "application/json", 415)):
         refused = requests.post(f"{collector.url}/v1/traces", data=data, headers={"content-type": kind})
@@ -132,3 +141,30 @@ def test_the_chart_takes_an_otlp_endpoint():
     # without an endpoint nothing of it is rendered: no spans recorded, the context still flows
     plain = helm_template(None)
     assert "OTEL_" not in plain.stdout
+
+
+def test_a_push_continues_the_writers_trace_not_a_foreign_one(spans, cluster_factory):
+    """The change record carries the writer's traceparent; a stream source that sends a trace of
+    its own (the real RedisStreamSource may) does not take the push out of the writer's trace,
+    while a hop of the same trace (the local stream source's span) becomes its parent."""
+    from eventing.redisstream import encode_stream_event, to_go_binary
+
+    cluster = cluster_factory(["node-a", "node-b"], [("node-a", "node-b")], stream_sources=False)
+    a = cluster["node-a"]
+    writer, writer_trace = new_traceparent()
+    a.store.put("tr", "f", {"x": b"1"}, traceparent=writer)
+    entry_id, fields = a.store.client.xrange("skylark:changes")[-1]
+    record = {k.decode(): v.decode() for k, v in fields.items()}
+    assert record["traceparent"] == writer
+    event = encode_stream_event(f"redis://127.0.0.1:{a.redis.port}", "skylark:changes", entry_id.decode(), record)
+    headers, body = to_go_binary(event)
+    foreign, _ = new_traceparent()
+    same_trace_hop = f"00-{writer_trace}-{'c' * 16}-01"
+    for header, expected_parent in ((foreign, writer.split("-")[2]), (same_trace_hop, "c" * 16)):
+        spans.clear()
+        answer = a.post({**headers, "traceparent": header}, body)
+        assert answer.status_code == 202, answer.text
+        [push] = [s for s in spans.get_finished_spans() if s.name == "propagate f"]
+        assert format(push.context.trace_id, "032x") == writer_trace
+        assert format(push.parent.span_id, "016x") == expected_parent
+        assert push.attributes["skylark.targets"] == ("node-b",)

@@ -38,6 +38,7 @@ from eventing.broker.dispatcher import BrokerBusy, Dispatcher, validate_services
 from eventing.broker.triggers import Trigger, load_trigger_objects, parse_triggers
 from eventing.http import MAX_ATTRIBUTES, MAX_EVENT_BYTES, InvalidEvent, parse
 from skylark.serving.logs import configure_logging
+from skylark.serving.tracing import configure_tracing
 from skylark.serving.web import ClientError, health_blueprint, install_error_handlers, read_body
 from skylark.state.errors import ConfigError
 from skylark.state.numbers import parse_int
@@ -155,6 +156,7 @@ def create_app(settings: BrokerConfig | None = None, *,
     config = BrokerConfig.from_env() if from_env else settings
     if from_env:
         configure_logging(config.log_level)
+        configure_tracing("skylark-broker")
     parsed, broker = resolve_triggers(config, triggers)
     service_map = validate_services(services if services is not None else config.services)
     registry = CollectorRegistry()

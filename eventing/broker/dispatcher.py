@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.v1.event import CloudEvent
+from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from eventing.broker.triggers import Trigger
@@ -35,10 +36,12 @@ from eventing.dataplane import is_retryable, is_success
 from eventing.http import InvalidEvent, parse, to_binary
 from eventing.publisher import PublishOutcome, Publisher
 from skylark.serving.limits import BoundedLabels
+from skylark.serving.tracing import context_of_event, current_traceparent, tracer
 from skylark.state.errors import ConfigError
 from skylark.state.numbers import parse_int
 
 log = logging.getLogger(__name__)
+_TRACER = tracer("skylark.broker")
 
 EXT_ARRIVAL = "knativearrivaltime"
 EXT_TTL = "knativebrokerttl"
@@ -189,8 +192,17 @@ class Dispatcher:
 
     def _attempt(self, item: _Delivery) -> None:
         read_timeout = item.trigger.delivery.timeout_s or DEFAULT_TIMEOUT_S
-        outcome = self.publisher.post(item.url, item.headers, item.body,
-                                      timeout=(min(2.0, read_timeout), read_timeout))
+        # Each attempt is a span of the event's trace; the subscriber gets it as its parent in
+        # the HTTP traceparent header, as Knative's broker does (the event's own traceparent
+        # extension stays the producer's).
+        with _TRACER.start_as_current_span(
+                f"deliver {item.trigger.name}", context=context_of_event(item.event), kind=SpanKind.CLIENT,
+                attributes={"messaging.destination.name": item.trigger.name, "skylark.attempt": item.attempt,
+                            "skylark.dead_letter": item.dead_letter}) as span:
+            headers = {**item.headers, **current_traceparent()}
+            outcome = self.publisher.post(item.url, headers, item.body,
+                                          timeout=(min(2.0, read_timeout), read_timeout))
+            span.set_attribute("http.response.status_code", outcome.status_code or 0)
         item.last = outcome
         if is_success(outcome.status_code):
             self._succeeded(item, outcome)

@@ -17,6 +17,7 @@ import threading
 from eventing.ping import PingSource
 from eventing.source import StreamSource
 from skylark.serving.logs import configure_logging
+from skylark.serving.tracing import configure_tracing, flush
 from skylark.state.redis_client import connect
 
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
+    configure_tracing("skylark-stream-source")
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     source.stop()
     if ping is not None:
         ping.stop()
+    flush()
     return 0
 
 

@@ -428,8 +428,8 @@ class LocalCluster:
                      "--ping-name", ping["metadata"]["name"]]
             if spec.get("timezone"):
                 argv += ["--ping-timezone", spec["timezone"]]
-        return Child(f"agent@{node.name}", argv, dict(base), logs / f"{node.name}-agent.log", netns=node.netns,
-                     ready=None)
+        return Child(f"agent@{node.name}", argv, {**base, **self._tracing_env(f"stream@{node.name}", node.name)},
+                     logs / f"{node.name}-agent.log", netns=node.netns, ready=None)
 
     def _relay(self, node: NodeRuntime, base: dict[str, str], logs: Path) -> Child:
         argv = [sys.executable, "-m", "skylark.runtime.linkrelay"]

@@ -1,8 +1,9 @@
 """One invocation's trace as a waterfall in the terminal, drawn from its spans (pure + rich).
 
 Each row is a span, indented under its parent, with where it started (ms after the trace's
-first span), how long it took, and a bar on a shared time axis; what the span says about state
-(where a read was served, the elected node, the bytes) follows its name. Fits 80 columns.
+first span), how long it took, the node it ran on, and a bar on a shared time axis; what the span
+says about state (where a read was served, the elected node, the bytes) beside it. One line per
+span, 80 columns.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
-BAR_WIDTH = 16
+# Column widths that keep a row on one line of 80 columns (with 6-digit start and ms columns).
+SPAN_WIDTH, NODE_WIDTH, STATE_WIDTH, TIME_WIDTH, BAR_WIDTH = 24, 6, 20, 6, 12
 
 
 def _size(n: object) -> str:
@@ -81,10 +84,31 @@ def _note(span: dict[str, Any]) -> str:
                     if attributes.get(key) not in (None, "", [])).replace(" @", "@")
 
 
+def _label(span: dict[str, Any], depth: int) -> str:
+    """The span's name, indented one step per level; a delivery names what it delivered to
+    (its trigger, without the node suffix the node column already shows)."""
+    name = span["name"]
+    node = _node(span)
+    if node and name.endswith(f"-{node}"):
+        name = name[: -len(node) - 1]
+    return " " * min(depth, 8) + name
+
+
+def _node(span: dict[str, Any]) -> str:
+    service = span.get("service", "")
+    return service.rpartition("@")[2] if "@" in service else ""  # the local cluster's <name>@<node>
+
+
 def waterfall(spans: Sequence[dict[str, Any]], title: str) -> Table:
-    table = Table(title=title, caption="start: ms after the first span; the bars share one time axis")
-    for col, justify in (("span", "left"), ("state", "left"), ("start", "right"), ("ms", "right"), ("", "left")):
-        table.add_column(col, justify=justify, overflow="fold")
+    """One line per span, at most 80 columns: a long name is cut (…), never wrapped."""
+    table = Table(title=title, caption="start: ms after the first span; the bars share one time axis",
+                  box=box.SIMPLE_HEAD, show_edge=False, padding=0)
+    table.add_column("span", no_wrap=True, overflow="ellipsis", max_width=SPAN_WIDTH)
+    table.add_column("node", no_wrap=True, overflow="ellipsis", width=NODE_WIDTH)
+    table.add_column("state", no_wrap=True, overflow="ellipsis", max_width=STATE_WIDTH)
+    table.add_column("start", justify="right", no_wrap=True, min_width=TIME_WIDTH)
+    table.add_column("ms", justify="right", no_wrap=True, min_width=TIME_WIDTH)
+    table.add_column("", no_wrap=True, width=BAR_WIDTH)
     if not spans:
         return table
     t0 = min(s["start_ns"] for s in spans)
@@ -92,10 +116,9 @@ def waterfall(spans: Sequence[dict[str, Any]], title: str) -> Table:
     scale = BAR_WIDTH / max(1, t1 - t0)
     depths = _depths(spans)
     for span in _order(spans):
-        start = int((span["start_ns"] - t0) * scale)
+        start = min(BAR_WIDTH - 1, int((span["start_ns"] - t0) * scale))
         width = max(1, int((span["end_ns"] - span["start_ns"]) * scale))
         bar = Text(" " * start + "█" * min(width, BAR_WIDTH - start), style="red" if span.get("status") == 2 else "cyan")
-        label = "  " * min(depths[span["span_id"]], 6) + span["name"]
-        table.add_row(label, _note(span), f"{(span['start_ns'] - t0) / 1e6:.1f}",
-                      f"{(span['end_ns'] - span['start_ns']) / 1e6:.1f}", bar)
+        table.add_row(_label(span, depths[span["span_id"]]), _node(span), _note(span),
+                      f"{(span['start_ns'] - t0) / 1e6:.1f}", f"{(span['end_ns'] - span['start_ns']) / 1e6:.1f}", bar)
     return table

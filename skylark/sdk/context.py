@@ -18,7 +18,7 @@ from cloudevents.core.base import BaseCloudEvent
 from skylark.sdk.config import Config
 from skylark.sdk.envelope import ENVELOPE_KEY, Located
 from skylark.sdk.node import NodeState
-from skylark.serving.tracing import tracer
+from skylark.serving.tracing import current_traceparent, tracer
 from skylark.serving.web import ClientError
 from skylark.state.bundle import Bundle
 from skylark.state.keys import DEFAULT_CHANGE_STREAM, dead_letter_stream
@@ -99,7 +99,8 @@ class StateAccess:
         with _TRACER.start_as_current_span(f"write {name}", attributes={"skylark.function": name}) as span:
             try:
                 write = store.put_single if single else store.put
-                result = write(ctx.chain, name, values, replace=replace, ttl_s=ttl_s)
+                result = write(ctx.chain, name, values, replace=replace, ttl_s=ttl_s,
+                               traceparent=current_traceparent().get("traceparent"))
             finally:
                 ctx.clock.store_ms += (time.perf_counter() - start) * 1000
             span.set_attributes({"skylark.version": result.meta.version, "skylark.bytes": result.meta.size,
@@ -136,11 +137,14 @@ class StateAccess:
         """Delete this chain's state of ``function`` (default: this function); returns the
         tombstone's version (deletes propagate like writes)."""
         ctx = self._ctx
+        name = validate_name("function name", function or ctx.function)
         start = time.perf_counter()
-        try:
-            return ctx.node_state.store.delete(ctx.chain, validate_name("function name", function or ctx.function))
-        finally:
-            ctx.clock.store_ms += (time.perf_counter() - start) * 1000
+        with _TRACER.start_as_current_span(f"delete {name}", attributes={"skylark.function": name}):
+            try:
+                return ctx.node_state.store.delete(ctx.chain, name,
+                                                   traceparent=current_traceparent().get("traceparent"))
+            finally:
+                ctx.clock.store_ms += (time.perf_counter() - start) * 1000
 
 
 class Context:

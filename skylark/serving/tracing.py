@@ -77,14 +77,15 @@ def context_of(traceparent: object, tracestate: object = None) -> otel_context.C
 
 
 def context_of_event(event: BaseCloudEvent, headers: Mapping[str, str] | None = None) -> otel_context.Context:
-    """The trace an event continues: its ``traceparent``/``tracestate`` extension attributes,
-    else the HTTP ``traceparent`` header it came with (brokers set either)."""
-    parent = event.get_extension("traceparent")
-    state = event.get_extension("tracestate")
-    if parent is None and headers is not None:
+    """The trace an event continues: the HTTP ``traceparent`` header it came with (the hop just
+    before: a broker's delivery span), else its ``traceparent``/``tracestate`` extension
+    attributes (the producer's span, which the CloudEvents extension keeps along the way)."""
+    if headers is not None:
         lowered = {k.lower(): v for k, v in headers.items()}
-        parent, state = lowered.get("traceparent"), lowered.get("tracestate")
-    return context_of(parent, state)
+        header = context_of(lowered.get("traceparent"), lowered.get("tracestate"))
+        if trace.get_current_span(header).get_span_context().is_valid:
+            return header
+    return context_of(event.get_extension("traceparent"), event.get_extension("tracestate"))
 
 
 def current_traceparent() -> dict[str, str]:

@@ -6,16 +6,25 @@ field/value pairs as one flat JSON array of strings, so every value here is a pl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from skylark.state.names import validate_name
 from skylark.state.numbers import INT64_MAX, parse_int
 
-# Order of the fields in each entry (and so in the RedisStreamSource's flat array).
+# Order of the fields in each entry (and so in the RedisStreamSource's flat array); then, when the
+# writer was in a trace, ``traceparent`` (W3C): the push continues the writer's trace.
 FIELDS = ("chain", "function", "op", "mechanism", "fields", "version", "node", "size", "checksum", "ts")
 OPS = ("put", "delete")
 MECHANISMS = ("bundled", "single")
+_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def traceparent_or_none(value: object) -> str | None:
+    """A W3C version-00 traceparent as it is; anything else is none (trace context is not data:
+    W3C says to ignore a malformed one, so the push then starts a new trace)."""
+    return value if isinstance(value, str) and _TRACEPARENT.fullmatch(value) else None
 
 
 class InvalidChange(ValueError):
@@ -34,6 +43,7 @@ class ChangeRecord:
     size: int
     checksum: str
     ts_ms: int
+    traceparent: str | None = None
 
     def to_stream_fields(self) -> dict[str, str]:
         return {
@@ -47,6 +57,7 @@ class ChangeRecord:
             "size": str(self.size),
             "checksum": self.checksum,
             "ts": str(self.ts_ms),
+            **({"traceparent": self.traceparent} if self.traceparent else {}),
         }
 
     @classmethod
@@ -76,5 +87,7 @@ class ChangeRecord:
                 numbers[name] = parse_int(entry[name], name, minimum=0, maximum=INT64_MAX)
             except ValueError as exc:
                 raise InvalidChange(f"{exc} (a non-negative integer)") from None
+        # A malformed traceparent is not an error (W3C: ignore it); the push starts a new trace.
+        trace = traceparent_or_none(entry.get("traceparent"))
         return cls(chain, function, entry["op"], entry["mechanism"], names, numbers["version"], node,
-                   numbers["size"], entry["checksum"], numbers["ts"])
+                   numbers["size"], entry["checksum"], numbers["ts"], trace)

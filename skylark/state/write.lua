@@ -98,6 +98,17 @@ local function mark(ttl)
   if #KEYS >= 6 then redis.call('SET', KEYS[6], '1', 'EX', ttl) end
 end
 
+-- The change entry (what a RedisStreamSource sends on), with the writer's traceparent last when
+-- there is one.
+local function change(maxlen, trace, ...)
+  local args = {'XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', ...}
+  if trace and trace ~= '' then
+    args[#args + 1] = 'traceparent'
+    args[#args + 1] = trace
+  end
+  return redis.call(unpack(args))
+end
+
 -- The fields a step was given: n, then name, digest, length n times from ARGV[at].
 local function incoming(at)
   local n, out = tonumber(ARGV[at]), {}
@@ -138,7 +149,8 @@ local function commit_marker()
 end
 
 -- put: 2 chain, 3 function, 4 mechanism, 5 replace (0|1), 6 expected version or '', 7 largest
--- size, 8 node, 9 now, 10 stream MAXLEN, 11 single-key prefix, 12 n, fields.
+-- size, 8 node, 9 now, 10 stream MAXLEN, 11 single-key prefix, 12 n, fields, then the writer's
+-- W3C traceparent or '' (the change entry carries it: the push continues the writer's trace).
 -- -> {'ok', version, size, checksum, count, entry id} | {'conflict', current}
 --    | {'too_large', size} | {'exhausted', current} | {'wrongtype', key, type}
 local function put()
@@ -163,7 +175,7 @@ local function put()
   call_sliced('HSET', KEYS[2], meta_args(version, ARGV[8], ARGV[9], size, sum, count, mechanism, fields))
   local names = {}
   for i, f in ipairs(fields) do names[i] = f[1] end
-  local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*',
+  local id = change(ARGV[10], ARGV[13 + 3 * #fields],
     'chain', ARGV[2], 'function', ARGV[3], 'op', 'put', 'mechanism', mechanism,
     'fields', table.concat(names, ','), 'version', version, 'node', ARGV[8], 'size', size,
     'checksum', sum, 'ts', ARGV[9])
@@ -219,6 +231,8 @@ local function tombstone(meta, digests, version, node, updated_ms, ttl, prefix)
   redis.call('EXPIRE', KEYS[2], ttl)
 end
 
+-- delete: 2 chain, 3 function, 4 node, 5 now, 6 stream MAXLEN, 7 tombstone TTL, 8 single-key
+-- prefix, 9 the writer's traceparent or ''.
 local function delete()
   local bad = wrong_types(true)
   if bad then return bad end
@@ -227,7 +241,7 @@ local function delete()
   if meta.version == INT64_MAX then return {'exhausted', meta.version} end
   local version, names = incr(meta.version), sorted_names(digests)
   tombstone(meta, digests, version, ARGV[4], ARGV[5], ARGV[7], ARGV[8])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*',
+  change(ARGV[6], ARGV[9],
     'chain', ARGV[2], 'function', ARGV[3], 'op', 'delete', 'mechanism', meta.mechanism or 'bundled',
     'fields', table.concat(names, ','), 'version', version, 'node', ARGV[4], 'size', '0',
     'checksum', '', 'ts', ARGV[5])
