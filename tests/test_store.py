@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 
 import pytest
+import redis
 
 from skylark.state import keys
 from skylark.state.bundle import ApplyOutcome, Tombstone, checksum_of, make_bundle, size_of
@@ -549,3 +551,23 @@ def test_leftovers_of_a_write_that_never_settled_cannot_leak_into_the_next(store
     for function in "fgh":
         assert store.get_bundle("c", function).fields == {"b": b"2"}
     assert [k for k in redis_client.keys("*") if k.endswith((b":staged", b":commit"))] == []
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_large_values_read_back_exactly_over_resp2_and_resp3(redis_server, redis_client, redis_factory, protocol):
+    # Replies are read straight off the socket (store._SocketReplies), values larger than one
+    # read of it into a buffer of their own: what follows them must stay readable by redis-py.
+    client = redis.Redis(host=redis_server.host, port=redis_server.port, protocol=protocol)
+    store = StateStore(client, node="node-a")
+    fields = {"big": os.urandom(3 * 1024 * 1024 + 7), "small": b"x", "empty": b"", "crlf": b"\r\n" * 40_000}
+    store.put("c", "f", fields, ttl_s=100)
+    bundle = store.get_bundle("c", "f")
+    assert bundle.fields == fields and 0 < bundle.meta.ttl_ms <= 100_000
+    bundle.verify()
+    assert client.ping() and client.get("nothing") is None  # the connection is in step with its parser
+    other = redis_factory()
+    copy = StateStore(redis.Redis(host=other.host, port=other.port, protocol=protocol), node="node-b")
+    assert copy.apply(bundle).changed and copy.get_bundle("c", "f").fields == fields
+    with pytest.raises(VersionConflict):
+        store.put("c", "f", {"small": b"y"}, expected_version=7)
+    assert store.get_bundle("c", "f").fields == fields
