@@ -34,7 +34,7 @@ from rich.table import Table
 
 from eventing import wiring
 from skylark.runtime.embedded import find_redis_server, free_port, port_is_free, redis_argv
-from skylark.runtime.netem import LinkSpec, NetworkEmulation
+from skylark.runtime.netem import LinkSpec, NetworkEmulation, SnapshotClock, SnapshotMover
 from skylark.runtime.procs import Child, Supervisor, http_ready, redis_ready, stop_all, wait_ready
 from skylark.serving.serve import gunicorn_argv
 from skylark.state.errors import ConfigError
@@ -159,6 +159,7 @@ class LocalCluster:
         self.supervisor: Supervisor | None = None
         self.emulation: NetworkEmulation | None = None
         self.cluster_ports: dict[str, int] = {}
+        self.mover: SnapshotMover | None = None  # moves the emulated links with the snapshots
         self._started = False
 
     @property
@@ -179,7 +180,7 @@ class LocalCluster:
         # Validate it the way the neighbors service will (clear errors before anything starts).
         from neighbors_service.sources.file import parse_topology_document
 
-        _, _, self._snapshots = parse_topology_document(document, str(self.topology_path))
+        self._interval_s, self._epoch_s, self._snapshots = parse_topology_document(document, str(self.topology_path))
         if self.snapshot is not None:
             # One snapshot for the whole run: its links join the common ones, nothing rotates.
             snapshots = document.get("snapshots") or [[]]
@@ -190,9 +191,13 @@ class LocalCluster:
             self._snapshots = (self._snapshots[self.snapshot],)
         return document
 
-    def _links(self) -> list[LinkSpec]:
-        """The links to emulate: the first snapshot's (the emulation is static for a run)."""
-        return [LinkSpec(l.a, l.b, l.latency_ms, l.bandwidth_mbps) for l in self._snapshots[0].links]
+    def _snapshot_links(self) -> list[list[LinkSpec]]:
+        """The links to emulate, per snapshot (one, with ``--snapshot``: nothing moves)."""
+        return [[LinkSpec(l.a, l.b, l.latency_ms, l.bandwidth_mbps) for l in s.links] for s in self._snapshots]
+
+    def snapshot_clock(self) -> SnapshotClock:
+        """Which snapshot is in force when (the neighbors service's rule, from the topology file)."""
+        return SnapshotClock(len(self._snapshots), self._interval_s, self._epoch_s)
 
     def _node_services(self, node: str) -> list[str]:
         return [*NODE_SERVICES, *(function_key(f.name) for f in self.workflow.placed_on(node))]
@@ -203,7 +208,8 @@ class LocalCluster:
 
     def _allocate(self) -> None:
         if self.emulate_network:
-            self.emulation = NetworkEmulation(self.node_names, self._links()).setup()
+            self.emulation = NetworkEmulation(self.node_names, snapshots=self._snapshot_links()).setup(
+                self.snapshot_clock().current())
             relay = not self.emulation.netem
             index = {f.name: i for i, f in enumerate(self.workflow.functions)}
             for name, net in self.emulation.nodes.items():
@@ -413,6 +419,8 @@ class LocalCluster:
         wait_ready([Child(f"{s}@{n.name}", [], {}, logs / "unused.log", ready=http_ready(f"{n.url(s)}/readyz"))
                     for n in self.nodes.values() for s in self._node_services(n.name) if s != "redis"], 60)
         self.supervisor = Supervisor(self.children, self._lock, self._on_exit).start()
+        if self.emulation is not None and len(self._snapshots) > 1:
+            self.mover = SnapshotMover(self.emulation, self.snapshot_clock(), self._moved).start()
 
     def _agent(self, node: NodeRuntime, base: dict[str, str], logs: Path) -> Child:
         argv = [sys.executable, "-m", "skylark.runtime.agent",
@@ -431,37 +439,60 @@ class LocalCluster:
         return Child(f"agent@{node.name}", argv, {**base, **self._tracing_env(f"stream@{node.name}", node.name)},
                      logs / f"{node.name}-agent.log", netns=node.netns, ready=None)
 
+    def _relay_delays(self, node: NodeRuntime) -> Path:
+        path = self.workdir / f"delays-{node.name}.json"
+        path.write_text(json.dumps({"peers": self.emulation.relay_delays(node.name)}))
+        return path
+
     def _relay(self, node: NodeRuntime, base: dict[str, str], logs: Path) -> Child:
-        argv = [sys.executable, "-m", "skylark.runtime.linkrelay"]
+        argv = [sys.executable, "-m", "skylark.runtime.linkrelay", "--delays-file", str(self._relay_delays(node))]
         for service, public in node.peer_ports.items():
             argv += ["--route", f"{node.peer_host}:{public}=127.0.0.1:{node.ports[service]}"]
-        for other in self.nodes.values():
-            if other.name != node.name:
-                latency = self.emulation.path_latency_ms(other.name, node.name)
-                argv += ["--delay", f"{other.peer_host}={latency:g}"]
         return Child(f"relay@{node.name}", argv, dict(base), logs / f"{node.name}-relay.log", netns=node.netns)
+
+    def _moved(self, index: int) -> None:
+        """The emulated links moved to snapshot ``index``: the relays get the new path latencies."""
+        for node in self.nodes.values():
+            if node.peer_ports:
+                self._relay_delays(node)
+                with self._lock:
+                    relay = next((c for c in self.children if c.name == f"relay@{node.name}"), None)
+                if relay is not None and relay.pid is not None:
+                    try:
+                        os.kill(relay.pid, signal.SIGHUP)
+                    except ProcessLookupError:
+                        pass  # restarting: it reads the file when it starts
 
     def set_policy(self, policy: str) -> None:
         """Run the workflow under another policy: the handlers and the functions of every node
         restart with it (the state stays)."""
-        if policy == self.policy:
-            return
-        self.workflow = self.workflow.with_policy(policy)
+        if policy != self.policy:
+            self.set_workflow(self.workflow.with_policy(policy))
+
+    def set_workflow(self, workflow: Workflow) -> None:
+        """Run another version of the workflow (its policy, its SLO): the handlers and the
+        functions of every node restart with it (the state stays)."""
+        workflow.check_nodes(self.node_names, f"<workflow {workflow.name}>")
+        self.workflow = workflow
         self._write_workflow()
         base = self._base_env()
-        restarted = []
-        for node in self.nodes.values():
-            for service in self._node_services(node.name):
-                if service in ("redis", "broker"):
-                    continue
-                with self._lock:
-                    old = next(c for c in self.children if c.name == f"{service.removeprefix('fn:')}@{node.name}")
-                    self.children.remove(old)
-                old.stop()
-                restarted.append(self._spawn(self._child(node, service, base, old.log_path.parent, "readyz")))
+        replaced: list[tuple[NodeRuntime, str, Child]] = []
+        with self._lock:
+            for node in self.nodes.values():
+                for service in self._node_services(node.name):
+                    if service not in ("redis", "broker"):
+                        old = next(c for c in self.children if c.name == f"{service.removeprefix('fn:')}@{node.name}")
+                        self.children.remove(old)
+                        replaced.append((node, service, old))
+        stop_all([old for _, _, old in replaced])  # their grace periods overlap
+        restarted = [self._spawn(self._child(node, service, base, old.log_path.parent, "readyz"))
+                     for node, service, old in replaced]
         wait_ready(restarted, timeout_s=60)
 
     def stop(self) -> None:
+        if self.mover is not None:
+            self.mover.stop()
+            self.mover = None
         if self.supervisor is not None:
             self.supervisor.stop()
         with self._lock:
