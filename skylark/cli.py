@@ -32,7 +32,7 @@ from skylark import __version__
 from skylark.state.errors import SkylarkError
 from skylark.state.settings import POLICIES
 
-BENCHES = ("storage", "eventing", "propagate", "elect", "functions", "faults")
+BENCHES = ("storage", "eventing", "propagate", "elect", "functions", "faults", "thesis")
 DEMO_MODES = ("skylark", "pull")
 
 
