@@ -55,6 +55,7 @@ from skylark.state.bundle import (
     size_of,
     validate_fields,
 )
+from skylark.state.changes import traceparent_or_none
 from skylark.state.errors import (
     BundleNotFound,
     BundleTooLarge,
@@ -262,6 +263,10 @@ def _nonce() -> str:
     return os.urandom(8).hex()
 
 
+def _traceparent(value: str | None) -> str:
+    return traceparent_or_none(value) or ""  # '' : the change entry gets no traceparent field
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -402,13 +407,15 @@ class StateStore:
         replace: bool = False,
         expected_version: int | None = None,
         ttl_s: int | None = None,
+        traceparent: str | None = None,
     ) -> PutResult:
         """Store fields as a *bundle* (one HASH). Merges into the stored bundle unless ``replace``.
 
         ``expected_version`` makes it a compare-and-set (:class:`VersionConflict` otherwise).
         Raises :class:`BundleTooLarge` if the resulting bundle exceeds the limit.
+        ``traceparent`` (W3C) goes into the change entry: the push of this write continues its trace.
         """
-        return self._write(chain, function, fields, Mechanism.BUNDLED, replace, expected_version, ttl_s)
+        return self._write(chain, function, fields, Mechanism.BUNDLED, replace, expected_version, ttl_s, traceparent)
 
     def put_single(
         self,
@@ -419,11 +426,13 @@ class StateStore:
         replace: bool = False,
         expected_version: int | None = None,
         ttl_s: int | None = None,
+        traceparent: str | None = None,
     ) -> PutResult:
         """Store fields as *single* state: one STRING key per field (the thesis's baseline)."""
-        return self._write(chain, function, fields, Mechanism.SINGLE, replace, expected_version, ttl_s)
+        return self._write(chain, function, fields, Mechanism.SINGLE, replace, expected_version, ttl_s, traceparent)
 
-    def _write(self, chain, function, fields, mechanism: Mechanism, replace, expected_version, ttl_s) -> PutResult:
+    def _write(self, chain, function, fields, mechanism: Mechanism, replace, expected_version, ttl_s,
+               traceparent: str | None = None) -> PutResult:
         validate_name("chain id", chain)
         validate_name("function name", function)
         clean = validate_fields(fields)
@@ -441,7 +450,7 @@ class StateStore:
                  "" if expected_version is None else int(expected_version), self.max_bundle_bytes,
                  self.node, now, self.change_stream_maxlen, prefix, *self._described(clean, digests)]
         script_keys, nonce = self._keys(chain, function), _nonce()
-        steps: list[tuple] = [(SCRIPT, script_keys, [*check, nonce])]
+        steps: list[tuple] = [(SCRIPT, script_keys, [*check, _traceparent(traceparent), nonce])]
         # The values go after the check and before the settle step, each staged key in its own
         # command: a large value is then parsed straight out of Redis's query buffer.
         if single:
@@ -519,7 +528,7 @@ class StateStore:
         answer = self._check(op, meta.chain, meta.function, self._run(op, steps)[0])
         return ApplyResult(_OUTCOMES[answer[0]], int(answer[1]), meta.version)
 
-    def delete(self, chain: str, function: str) -> int:
+    def delete(self, chain: str, function: str, *, traceparent: str | None = None) -> int:
         """Delete the state (either mechanism), leaving a tombstone that keeps the version so a
         late propagated copy is rejected as stale; returns the tombstone's version.
 
@@ -528,7 +537,7 @@ class StateStore:
         validate_name("chain id", chain)
         validate_name("function name", function)
         check = ["delete", chain, function, self.node, _now_ms(), self.change_stream_maxlen,
-                 self.tombstone_ttl_s, keys.single_key(chain, function, "")]
+                 self.tombstone_ttl_s, keys.single_key(chain, function, ""), _traceparent(traceparent)]
         answer = self._check("delete", chain, function,
                              self._run("delete", [(SCRIPT, self._keys(chain, function), check)])[0])
         if answer[0] == "not_found":
