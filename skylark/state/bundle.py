@@ -107,10 +107,10 @@ class BundleMeta:
         return out
 
 
-@dataclass(frozen=True)
-class Bundle:
+class _Described:
+    """What a bundle and a delta both answer from their metadata: which state, which version."""
+
     meta: BundleMeta
-    fields: dict[str, bytes] = field(repr=False)
 
     @property
     def chain(self) -> str:
@@ -123,6 +123,12 @@ class Bundle:
     @property
     def version(self) -> int:
         return self.meta.version
+
+
+@dataclass(frozen=True)
+class Bundle(_Described):
+    meta: BundleMeta
+    fields: dict[str, bytes] = field(repr=False)
 
     def verify(self) -> dict[str, str]:
         """Raise :class:`ChecksumMismatch` unless content, size and count match the metadata;
@@ -138,7 +144,7 @@ class Bundle:
 
 
 @dataclass(frozen=True)
-class Delta:
+class Delta(_Described):
     """The fields one write changed, and the bundle they make on top of ``base_version``.
 
     ``meta`` describes the whole new bundle (version, size, checksum, field count); ``fields``
@@ -154,18 +160,6 @@ class Delta:
         _check_int64("Delta", "base_version", self.base_version)
         if not 1 <= self.base_version < self.meta.version:
             raise ValueError(f"Delta.base_version must lie in [1, {self.meta.version}), not {self.base_version}")
-
-    @property
-    def chain(self) -> str:
-        return self.meta.chain
-
-    @property
-    def function(self) -> str:
-        return self.meta.function
-
-    @property
-    def version(self) -> int:
-        return self.meta.version
 
 
 @dataclass(frozen=True)
