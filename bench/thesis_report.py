@@ -499,7 +499,8 @@ def plots(results: Mapping[str, Any], out: Path) -> list[Path]:
     if storage:
         cells_ = storage_cells(storage)
         sizes = sorted({c["size_mb"] for c in cells_})
-        fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.8), squeeze=False)
+        # One size (--quick) still needs room for the legend beside it and the title above it.
+        fig, axes = plt.subplots(1, len(sizes), figsize=(max(4.2 * len(sizes), 6.5), 3.8), squeeze=False)
         for ax, size in zip(axes[0], sizes):
             for loc, style in (("remote", "-"), ("local", ":")):
                 cs = sorted((c for c in cells_ if c["size_mb"] == size and c["location"] == loc), key=lambda c: c["n"])
