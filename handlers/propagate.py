@@ -62,7 +62,7 @@ from handlers.compression import Compressor
 from handlers.metrics import HandlerMetrics
 from handlers.rebuild import Snapshot, read_for_push
 from neighbors_service.targets import Target, TargetResolver
-from skylark.state.bundle import Bundle, BundleMeta, Tombstone
+from skylark.state.bundle import Bundle, BundleMeta, Placement, Tombstone
 from skylark.state.changes import ChangeRecord
 from skylark.state.errors import BundleNotFound
 from skylark.state.store import StateStore
@@ -208,6 +208,12 @@ class Propagator:
             return PropagationReport("no_targets", change.chain, change.function, change.version,
                                      version, None, newer)
         sent = [payloads[variant[t.node]] for t in chosen]
+        if change.op != "delete":
+            # Before the copies leave: a reader waiting for one on a node we do not send it to
+            # (its topology is newer or older than ours) reads this and stops waiting.
+            self.store.record_placement(change.chain, change.function,
+                                        Placement(version, tuple(t.node for t in chosen)),
+                                        ttl_ms=first.meta.ttl_ms)
         outcomes = self._publish_all(sent, chosen)
         elapsed = time.perf_counter() - start
         self.metrics.propagation_seconds.labels(first.mode).observe(elapsed)

@@ -37,6 +37,10 @@ def test_inline_write_on_a_appears_on_both_neighbours(cluster_factory):
         _same_state(a, node, CHAIN, "preprocess")
     assert b.store.get_bundle(CHAIN, "preprocess").fields["shape"] == b"64x64"
     assert a.metric("skylark_handler_bytes_sent_total", mode="inline") > 1024
+    # the origin notes where the newest version went, for readers that wait for a copy
+    placed = a.store.placement(CHAIN, "preprocess")
+    assert placed.version == result.meta.version and sorted(placed.nodes) == ["node-b", "node-c"]
+    assert 0 < a.store.client.pttl(f"skylark:placed:{CHAIN}:preprocess") <= 86_400_000
     assert b.metric("skylark_handler_events_total", type="io.skylark.bundle.propagated",
                     outcome="applied") >= 1
 

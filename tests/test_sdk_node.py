@@ -58,6 +58,66 @@ def test_waits_only_where_the_bundle_is_pushed(redis_factory):
             node_state.close()
 
 
+def test_a_reader_stops_waiting_for_a_copy_the_origin_sent_elsewhere(redis_factory):
+    """The origin's handlers and the reader decide from their own cached topology; around a
+    change of the topology they disagree. The reader then learns from the placement the
+    handlers recorded at the origin that its copy is not coming, instead of waiting it out."""
+    import threading
+
+    from skylark.state.bundle import Placement
+    from skylark.state.reader import DOUBT_S
+
+    a, b = redis_factory(), redis_factory()
+    topology = Topology.from_dict({
+        "nodes": [{"name": n, "type": "edge", "redis_url": r.url, "broker_url": f"http://{n}.invalid/"}
+                  for n, r in (("node-a", a), ("node-b", b))] + [
+                 {"name": "node-c", "type": "edge", "redis_url": a.url, "broker_url": "http://node-c.invalid/"}],
+        "links": [{"a": "node-a", "b": "node-b", "latency_ms": 10, "bandwidth_mbps": 90},
+                  {"a": "node-a", "b": "node-c", "latency_ms": 10, "bandwidth_mbps": 90}],
+    })
+    peers = StaticPeers.from_mapping({"node-a": {"redis_url": a.url}})
+    origin = StateStore(connect(a.url), node="node-a")
+    here = StateStore(connect(b.url), node="node-b")
+    # waiting up to 20 s for the pushed copy, as a bench over slow links does
+    state = NodeState(Settings(node="node-b", redis_url=b.url, propagation_wait_ms=20_000), peers,
+                      PolicyTargets.fixed(topology))
+    try:
+        # the handlers sent v1 to node-c only: the reader on node-b stops waiting at its first doubt
+        v1 = origin.put("chain", "preprocess", {"x": b"1"}).meta.version
+        origin.record_placement("chain", "preprocess", Placement(v1, ("node-c",)))
+        read = state.read("chain", "preprocess", "node-a", v1)
+        assert (read.location, read.node, read.bundle.version) == ("remote", "node-a", v1)
+        assert DOUBT_S * 1000 * 0.8 <= read.waited_ms < DOUBT_S * 1000 * 3
+        # the record names node-b: the copy is coming, so the reader keeps waiting past its doubts
+        v2 = origin.put("chain", "preprocess", {"x": b"2"}).meta.version
+        origin.record_placement("chain", "preprocess", Placement(v2, ("node-b", "node-c")))
+        arrive = threading.Timer(3 * DOUBT_S, lambda: here.apply(origin.get_bundle("chain", "preprocess")))
+        arrive.start()
+        read = state.read("chain", "preprocess", "node-a", v2)
+        arrive.join()
+        assert (read.location, read.node, read.bundle.version) == ("local", "node-b", v2)
+        assert read.waited_ms >= 2.5 * DOUBT_S * 1000
+        # a record of an older version says nothing about this one: wait (here until the copy comes)
+        v3 = origin.put("chain", "preprocess", {"x": b"3"}).meta.version
+        arrive = threading.Timer(2 * DOUBT_S, lambda: here.apply(origin.get_bundle("chain", "preprocess")))
+        arrive.start()
+        read = state.read("chain", "preprocess", "node-a", v3)
+        arrive.join()
+        assert (read.location, read.bundle.version) == ("local", v3) and read.waited_ms >= 1.5 * DOUBT_S * 1000
+    finally:
+        state.close()
+
+
+def test_placement_records_round_trip_and_foreign_values_are_none():
+    from skylark.state.bundle import Placement
+
+    record = Placement(7, ("pi5u4", "pi4u8"))
+    assert Placement.decode(record.encode()) == record and record.encode() == b"7 pi5u4,pi4u8"
+    assert Placement.decode(b"3 ") == Placement(3, ())
+    for foreign in (None, b"", b"x pi5u4", "٣ pi5u4".encode(), b"1 bad name", b"99999999999999999999 a", b"\xff"):
+        assert Placement.decode(foreign) is None
+
+
 def test_holders_are_every_node_an_earlier_push_may_have_reached():
     nodes = (*(Node(n, broker_url=f"http://{n}.local/") for n in ("a", "near", "far")),
              Node("down", broker_url="http://down.local/", ready=False))

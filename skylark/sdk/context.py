@@ -33,7 +33,8 @@ _TRACER = tracer("skylark.sdk")
 
 INLINE = "inline"  # the input came inside the event, not from state
 # Keys an author may not append to: Skylark's own state and bookkeeping.
-_RESERVED_PREFIXES = ("skylark:bundle:", "skylark:meta:", "skylark:single:", "skylark:fn:", "skylark:handlers:")
+_RESERVED_PREFIXES = ("skylark:bundle:", "skylark:meta:", "skylark:single:", "skylark:placed:", "skylark:fn:",
+                      "skylark:handlers:")
 RESERVED_STREAMS = (DEFAULT_CHANGE_STREAM, dead_letter_stream(DEFAULT_CHANGE_STREAM))
 
 

@@ -5,7 +5,8 @@
 falls back to other nodes' Redis, and the placement (``neighbors_service.placement``, the same
 decision the handlers take when they push the bundle): it says where the bundle written
 elsewhere will be — here, on a node on the way (the nearest copy), or only where it was written.
-Where it is pushed to, the read waits a little for it (``SKYLARK_PROPAGATION_WAIT_MS``).
+Where it is pushed to, the read waits a little for it (``SKYLARK_PROPAGATION_WAIT_MS``), and
+stops waiting when the origin's handlers recorded that they sent it elsewhere.
 """
 
 from __future__ import annotations
@@ -107,7 +108,27 @@ class NodeState:
         where = self.where(chain, function, origin, min_version, size_bytes, reader)
         wait = self.wait_ms if where != origin else 0
         return self.reader.read(chain, function, [where, origin], min_version=min_version, wait_ms=wait,
-                                wait_at=where)
+                                wait_at=where, coming=self._coming(chain, function, origin, where, min_version))
+
+    def _coming(self, chain: str, function: str, origin: str, where: str,
+                min_version: int) -> Callable[[], bool] | None:
+        """Whether the copy this read waits for on ``where`` is on its way, by the placement the
+        origin's handlers recorded: their decision and ours come from two cached topologies, which
+        disagree for a while after the topology changes. Undecided, unreadable or older records
+        leave the wait as it is (it stays bounded by ``SKYLARK_PROPAGATION_WAIT_MS``)."""
+        remote = self.reader.remote
+        if where == origin or remote is None:
+            return None
+
+        def coming() -> bool:
+            try:
+                store = remote.store_for(origin)
+                placed = store.placement(chain, function) if store is not None else None
+            except (SkylarkError, ConnectionError, OSError):
+                return True
+            return placed is None or placed.version < min_version or where in placed.nodes
+
+        return coming
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         ok = self.store.ping()

@@ -185,6 +185,43 @@ class Tombstone:
                 "node": self.node, "updated_ms": self.updated_ms}
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where the origin's handlers pushed ``version`` of a bundle: the nodes they published it to.
+
+    The handlers and a reader each decide where a bundle goes from their own cached copy of the
+    topology; when the topology changes (the thesis's cloud link moves every minute) the two can
+    disagree for a while, and a reader waiting for a copy on a node it was never sent to would
+    wait in vain. The reader checks this record at the origin and stops waiting when it names
+    other nodes. Stored as one short string, ``"<version> <node>,<node>"``.
+    """
+
+    version: int
+    nodes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check_int64("Placement", "version", self.version)
+        for node in self.nodes:  # names hold no ',' or ' ': the encoding is unambiguous
+            validate_name("node name", node)
+
+    def encode(self) -> bytes:
+        return f"{self.version} {','.join(self.nodes)}".encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | str | None) -> "Placement | None":
+        """The record, or None when there is none or it is not one (never written by us)."""
+        if raw is None:
+            return None
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        version, _, nodes = text.partition(" ")
+        if not (version.isascii() and version.isdigit()):
+            return None
+        try:
+            return cls(int(version), tuple(n for n in nodes.split(",") if n))
+        except ValueError:
+            return None
+
+
 def make_bundle(chain: str, function: str, fields: Mapping[str, bytes], *, version: int,
                 node: str, updated_ms: int) -> Bundle:
     """Build a bundle whose metadata is computed from ``fields`` (for tests and tools)."""

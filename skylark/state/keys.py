@@ -16,6 +16,11 @@ def meta_key(chain: str, function: str) -> str:
     return f"{PREFIX}:meta:{chain}:{function}"
 
 
+def placement_key(chain: str, function: str) -> str:
+    """STRING on the origin naming where its handlers pushed the bundle (``bundle.Placement``)."""
+    return f"{PREFIX}:placed:{chain}:{function}"
+
+
 def single_key(chain: str, function: str, field: str) -> str:
     """STRING holding one field of single (unbundled) state."""
     return f"{PREFIX}:single:{chain}:{function}:{field}"

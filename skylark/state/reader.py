@@ -19,6 +19,9 @@ from skylark.state.store import StateStore
 LOCAL = "local"
 REMOTE = "remote"
 POLL_S = 0.002  # how often a waiting reader looks for the propagated copy
+# How often a waiting reader asks whether the copy is still coming (``coming``: a round trip to
+# the origin, so far rarer than the local polls; a copy sent elsewhere costs at most this long).
+DOUBT_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -61,13 +64,16 @@ class BundleReader:
         self.remote = remote
 
     def read(self, chain: str, function: str, candidates: Sequence[str] = (), *,
-             min_version: int = 0, wait_ms: float = 0.0, wait_at: str | None = None) -> BundleRead:
+             min_version: int = 0, wait_ms: float = 0.0, wait_at: str | None = None,
+             coming: Callable[[], bool] | None = None) -> BundleRead:
         """The bundle from the local Redis, else from the first candidate node that has it.
 
         Only a copy of at least ``min_version`` counts (the version the caller was told was
         written), so a stale copy is never used. With ``wait_ms``, the node ``wait_at`` (this
         node when None; else one of the candidates, where the policy pushed the bundle) is
-        polled that long for such a copy to arrive by propagation before the others are asked.
+        polled that long for such a copy to arrive by propagation before the others are asked;
+        ``coming``, asked every :data:`DOUBT_S` while waiting, ends the wait early when it answers
+        False (the copy was sent to another node).
 
         Unreachable candidates are skipped (the node may be gone) while others are tried;
         :class:`BundleNotFound` when every place answered that it has none,
@@ -79,7 +85,7 @@ class BundleReader:
         local_deadline = start + (wait_ms / 1000 if wait_at == self.local.node else 0.0)
         waited = 0.0
         try:
-            bundle, waited = self._wait(self.local, chain, function, min_version, local_deadline)
+            bundle, waited = self._wait(self.local, chain, function, min_version, local_deadline, coming)
             if bundle is not None:
                 return BundleRead(bundle, LOCAL, self.local.node, (time.perf_counter() - start) * 1000, waited)
         except StoreUnavailable as exc:
@@ -97,7 +103,7 @@ class BundleReader:
                 continue
             deadline = time.perf_counter() + (wait_ms / 1000 if node == wait_at else 0.0)
             try:
-                bundle, waited_here = self._wait(store, chain, function, min_version, deadline)
+                bundle, waited_here = self._wait(store, chain, function, min_version, deadline, coming)
             except StoreUnavailable as exc:
                 failures.append(f"{node}: {exc}")
                 continue
@@ -111,11 +117,12 @@ class BundleReader:
 
     @staticmethod
     def _wait(store: StateStore, chain: str, function: str, min_version: int,
-              deadline: float) -> tuple[Bundle | None, float]:
+              deadline: float, coming: Callable[[], bool] | None = None) -> tuple[Bundle | None, float]:
         """``store``'s bundle of at least ``min_version`` (None if it has none by the deadline),
         and how long was waited for it (0 when it was there at once). The first try reads the
         bundle itself (one round trip: a remote read must not pay two); while waiting, only its
-        version is polled (one small HGET) until it is there."""
+        version is polled (one small HGET) until it is there, or until ``coming`` says it went
+        elsewhere."""
         start = time.perf_counter()
 
         def fetch() -> Bundle | None:
@@ -128,10 +135,15 @@ class BundleReader:
         bundle = fetch()
         if bundle is not None:
             return bundle, 0.0
+        doubt_at = start + DOUBT_S
         while True:
             now = time.perf_counter()
             if now >= deadline:
                 return None, (now - start) * 1000 if deadline > start else 0.0
+            if coming is not None and now >= doubt_at:
+                if not coming():
+                    return None, (now - start) * 1000
+                doubt_at = now + DOUBT_S
             time.sleep(min(POLL_S, deadline - now))
             if store.local_version(chain, function) >= max(min_version, 1):
                 bundle = fetch()

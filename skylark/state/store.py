@@ -50,6 +50,7 @@ from skylark.state.bundle import (
     BundleMeta,
     Delta,
     Mechanism,
+    Placement,
     Tombstone,
     field_digest,
     size_of,
@@ -562,6 +563,25 @@ class StateStore:
         steps = [(SCRIPT, self._keys(chain, function, once_key), check)]
         answer = self._check("tombstone", chain, function, self._run("tombstone", steps)[0])
         return ApplyResult(_OUTCOMES[answer[0]], int(answer[1]), tombstone.version)
+
+    # -- where the handlers pushed a bundle -----------------------------------------------------
+
+    def record_placement(self, chain: str, function: str, placement: Placement, *,
+                         ttl_ms: int | None = None) -> None:
+        """Note where the handlers pushed ``placement.version`` (one SET, kept as long as the
+        bundle, or as a tombstone when the bundle does not expire)."""
+        validate_name("chain id", chain)
+        validate_name("function name", function)
+        with redis_errors("record_placement"):
+            self.client.set(keys.placement_key(chain, function), placement.encode(),
+                            px=ttl_ms if ttl_ms and ttl_ms > 0 else self.tombstone_ttl_s * 1000)
+
+    def placement(self, chain: str, function: str) -> Placement | None:
+        """The last placement recorded for (chain, function), or None (not pushed yet, or never)."""
+        validate_name("chain id", chain)
+        validate_name("function name", function)
+        with redis_errors("placement"):
+            return Placement.decode(self.client.get(keys.placement_key(chain, function)))
 
     # -- reads ----------------------------------------------------------------------------
 
