@@ -620,6 +620,8 @@ def plots(results: Mapping[str, Any], out: Path) -> list[Path]:
                     label=f"{policy} p50")
             a2.plot(ns, [r["p95_ms"] / 1000 if r["p95_ms"] else None for r in rs], ":", marker=".",
                     color=COLORS[policy], label=f"{policy} p95")
+        for ax in (a1, a2):
+            ax.set_xticks(sorted({r["parallel"] for r in rows}))
         a1.set_xlabel("parallel workflows")
         a1.set_ylabel("throughput, workflows/s")
         a2.set_xlabel("parallel workflows")
