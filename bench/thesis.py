@@ -118,6 +118,8 @@ class Runner:
         self.console = console
         self.out = Path(args.out)
         self.plan = plan(args.quick)
+        chosen = {x.strip() for x in getattr(args, "policies", ",".join(POLICIES)).split(",")}
+        self.policies = [x for x in POLICIES if x in chosen]  # the floor rides with pull's cells
         self.started = time.time()
         self.results: dict[str, Any] = {"timings": {}}
 
@@ -218,6 +220,7 @@ class Runner:
         if with_scalability:
             for policy in POLICIES:
                 cells.setdefault((policy, default_slo), [])
+        cells = {key: jobs for key, jobs in cells.items() if key[0] in self.policies}
         order = sorted(cells, key=lambda k: (POLICIES.index(k[0]), k[1]))
         tasks = []
         passes = p["passes"] if with_propagation else 1
@@ -315,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="thesis-results", help="directory for results.json and the plots")
     parser.add_argument("--experiments", default=",".join(EXPERIMENTS),
                         help=f"comma-separated subset of {','.join(EXPERIMENTS)}")
+    parser.add_argument("--policies", default=",".join(POLICIES),
+                        help=f"comma-separated subset of {','.join(POLICIES)} (the workflow experiments)")
     parser.add_argument("--snapshot", type=int, default=None,
                         help="fix one snapshot of the moving cloud link (0-6) instead of moving it every minute")
     parser.add_argument("--compare", help="results.json of an earlier run: print the spread of the headline figures")
@@ -325,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [e for e in chosen if e not in EXPERIMENTS]
     if unknown or not chosen:
         parser.error(f"--experiments: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(EXPERIMENTS)}")
+    policies = [x.strip() for x in args.policies.split(",") if x.strip()]
+    if not policies or any(x not in POLICIES for x in policies):
+        parser.error(f"--policies: choose from {', '.join(POLICIES)}")
     if args.snapshot is not None and not 0 <= args.snapshot <= 6:
         parser.error("--snapshot must be 0…6 (the thesis topology's snapshots)")
     console = Console()
@@ -347,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(args, console)
     runner.out.mkdir(parents=True, exist_ok=True)
     runner.results["meta"] = {"started": runner.started, "quick": args.quick, "experiments": chosen,
-                              "snapshot": args.snapshot, "plan": runner.plan, "argv": argv or [],
+                              "snapshot": args.snapshot, "plan": runner.plan, "policies": runner.policies, "argv": argv or [],
                               "machine": machine_facts()}
     load = os.getloadavg()
     runner.log(f"bench thesis{' --quick' if args.quick else ''}: {', '.join(chosen)}; load average "
