@@ -151,7 +151,7 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 30.0) -> No
         try:
             if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still starting (a loaded machine)
             pass
         time.sleep(0.1)
     raise AssertionError(f"{url} not ready after {timeout} s")

@@ -237,6 +237,38 @@ def test_with_k_sink_results_are_published_and_redeliveries_acknowledged(node_a,
     assert 'skylark_function_stage_seconds_count{function="price",stage="publish"} 1.0' in metrics
 
 
+class SlowPrice(Price):
+    """Price that takes long enough for a broker to give up waiting and deliver again."""
+
+    def handle(self, ctx: Context):
+        time.sleep(0.8)
+        return super().handle(ctx)
+
+
+def test_a_redelivery_during_the_first_delivery_is_429_and_the_function_runs_once(node_a, redis_client, serve):
+    import threading
+
+    recorder = Recorder()
+    sink = serve(recorder.app())
+    app = serve(create_app(SlowPrice(), settings=FunctionSettings(core=core(node_a, broker_url=sink.url))))
+    first: list[requests.Response] = []
+    worker = threading.Thread(target=lambda: first.append(post_event(app.url, order("c-slow"))))
+    worker.start()
+    time.sleep(0.3)  # the first delivery is inside handle now
+    assert_json_error(post_event(app.url, order("c-slow")), 429, "in_progress")
+    worker.join()
+    assert first[0].status_code == 202
+    assert post_event(app.url, order("c-slow")).status_code == 202  # done by then: a duplicate
+    recorder.wait_for(1)
+    time.sleep(0.2)
+    assert len(recorder.events) == 1
+    assert StateStore(redis_client, node="node-a").get_meta("c-slow", "price").version == 1
+    # the claim is gone with the delivery that held it: a failed first delivery can be retried
+    assert not [k for k in redis_client.scan_iter("skylark:fn:price:seen:*:claim")]
+    metrics = requests.get(f"{app.url}/metrics").text
+    assert 'skylark_function_events_total{function="price",outcome="in_progress"} 1.0' in metrics
+
+
 def test_sink_down_is_503_and_refused_is_502(node_a, redis_client, serve):
     recorder = Recorder(status=503)
     sink = serve(recorder.app())

@@ -65,6 +65,9 @@ EXTENSION = "skylark.function"
 
 ENV_ENTRY = "SKYLARK_FUNCTION"
 ENV_NAME = "SKYLARK_FUNCTION_NAME"
+# How long one delivery may hold an event before a redelivery may handle it again: Knative
+# Serving's default request timeout (a Service's timeoutSeconds), which no delivery outlives.
+CLAIM_LEASE_S = 300
 
 
 @dataclass(frozen=True)
@@ -234,7 +237,20 @@ class _Service:
         if self.deduper.seen(event.get_source(), event.get_id()):
             self.events.labels(self.name, "duplicate").inc()
             return Response(status=202)
+        # A redelivery while the first delivery is still at work (the broker stopped waiting
+        # for its answer) must not run the function a second time beside it: 429 is retried
+        # with backoff, and by then the first has marked the event done (a 202 above).
+        if not self.deduper.claim(event.get_source(), event.get_id(), CLAIM_LEASE_S):
+            self.events.labels(self.name, "in_progress").inc()
+            raise ClientError(429, "in_progress", "this event is being handled by an earlier delivery; retry later")
+        try:
+            return self._invoke(event, span, chain, trace, located)
+        finally:
+            self.deduper.release(event.get_source(), event.get_id())
 
+    def _invoke(self, event: BaseCloudEvent, span, chain: str, trace: list[dict[str, Any]],  # noqa: ANN001
+                located: dict[str, Any]) -> Response:
+        """Run the function on an event this delivery holds the claim of, publish what it emits."""
         # Where the results will go, known before any state is written: a consumer whose broker
         # nobody knows is a 503 now, not after a write that every redelivery would repeat.
         for event_type in self.emits:
