@@ -120,6 +120,7 @@ class Runner:
         self.plan = plan(args.quick)
         chosen = {x.strip() for x in getattr(args, "policies", ",".join(POLICIES)).split(",")}
         self.policies = [x for x in POLICIES if x in chosen]  # the floor rides with pull's cells
+        self.passes = getattr(args, "passes", None)  # run only the first passes (fewer repetitions)
         self.started = time.time()
         self.results: dict[str, Any] = {"timings": {}}
 
@@ -248,7 +249,7 @@ class Runner:
                         jobs.append({"kind": "floor", "size_mb": size, "label": f"floor {size:g} MB"})
                 if jobs:
                     tasks.append((pass_no, policy, slo, jobs))
-        return tasks
+        return [t for t in tasks if self.passes is None or t[0] < self.passes]
 
     def election(self) -> None:
         from bench import thesis_election
@@ -320,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated subset of {','.join(EXPERIMENTS)}")
     parser.add_argument("--policies", default=",".join(POLICIES),
                         help=f"comma-separated subset of {','.join(POLICIES)} (the workflow experiments)")
+    parser.add_argument("--passes", type=int, default=None,
+                        help="run only the first N passes of the workflow experiments (each pass holds "
+                             "an equal share of every cell's repetitions)")
     parser.add_argument("--snapshot", type=int, default=None,
                         help="fix one snapshot of the moving cloud link (0-6) instead of moving it every minute")
     parser.add_argument("--compare", help="results.json of an earlier run: print the spread of the headline figures")
@@ -333,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     policies = [x.strip() for x in args.policies.split(",") if x.strip()]
     if not policies or any(x not in POLICIES for x in policies):
         parser.error(f"--policies: choose from {', '.join(POLICIES)}")
+    if args.passes is not None and args.passes < 1:
+        parser.error("--passes must be 1 or more")
     if args.snapshot is not None and not 0 <= args.snapshot <= 6:
         parser.error("--snapshot must be 0…6 (the thesis topology's snapshots)")
     console = Console()
@@ -355,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(args, console)
     runner.out.mkdir(parents=True, exist_ok=True)
     runner.results["meta"] = {"started": runner.started, "quick": args.quick, "experiments": chosen,
-                              "snapshot": args.snapshot, "plan": runner.plan, "policies": runner.policies, "argv": argv or [],
+                              "snapshot": args.snapshot, "plan": runner.plan, "policies": runner.policies, "passes": args.passes, "argv": argv or [],
                               "machine": machine_facts()}
     load = os.getloadavg()
     runner.log(f"bench thesis{' --quick' if args.quick else ''}: {', '.join(chosen)}; load average "
