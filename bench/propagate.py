@@ -50,7 +50,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -189,6 +189,22 @@ def _start_neighbors(topology: dict):
         server.server_close()
 
     return f"http://127.0.0.1:{server.server_port}", stop
+
+
+def _stream_events(store: StateStore, address: str, prefix: str, count: int,
+                   frame: Callable[[], bytes]) -> tuple[list[tuple[dict, bytes]], list[str]]:
+    """Write ``count`` bundles ``{"frame": frame()}`` (chains ``<prefix><i>``) and build the
+    RedisStreamSource event announcing each write: what the handlers of the writer's node get."""
+    bodies, chains = [], []
+    for i in range(count):
+        result = store.put(f"{prefix}{i}", "preprocess", {"frame": frame()})
+        chains.append(f"{prefix}{i}")
+        m = result.meta
+        change = ChangeRecord(m.chain, m.function, "put", m.mechanism.value, ("frame",), m.version,
+                              m.node, m.size, m.checksum, m.updated_ms)
+        bodies.append(to_go_binary(encode_stream_event(address, "skylark:changes", result.entry_id,
+                                                       change.to_stream_fields())))
+    return bodies, chains
 
 
 def _load(url: str, bodies: Sequence[tuple[dict, bytes]], concurrency: int, duration_s: float,
@@ -521,15 +537,7 @@ def main(argv: list[str]) -> int:
 
         # -- 1. throughput ----------------------------------------------------------------------
         payload = os.urandom(1024)
-        bodies, chains = [], []
-        for i in range(args.events):
-            result = store_a.put(f"t{i}", "preprocess", {"frame": payload})
-            chains.append(f"t{i}")
-            m = result.meta
-            change = ChangeRecord(m.chain, m.function, "put", m.mechanism.value, ("frame",), m.version,
-                                  m.node, m.size, m.checksum, m.updated_ms)
-            bodies.append(to_go_binary(encode_stream_event(address, "skylark:changes", result.entry_id,
-                                                           change.to_stream_fields())))
+        bodies, chains = _stream_events(store_a, address, "t", args.events, lambda: payload)
         warm = min(200, len(bodies) // 10)
         _load(handlers["node-a"].url, bodies[:warm], args.concurrency, 30.0)  # connections, caches
         _wait_all(clients["node-c"], [f"skylark:meta:{c}:preprocess" for c in chains[:warm]], 30.0)
@@ -579,15 +587,8 @@ def main(argv: list[str]) -> int:
 
         # -- 2. CPU per process, 64 KiB bundles ---------------------------------------------------
         n64 = max(20, int(400 * args.samples))
-        bodies64, chains64 = [], []
-        for i in range(n64 + warm):
-            result = store_a.put(f"k{i}", "preprocess", {"frame": os.urandom(64 * 1024 - len("frame"))})
-            chains64.append(f"k{i}")
-            m = result.meta
-            change = ChangeRecord(m.chain, m.function, "put", m.mechanism.value, ("frame",), m.version,
-                                  m.node, m.size, m.checksum, m.updated_ms)
-            bodies64.append(to_go_binary(encode_stream_event(address, "skylark:changes", result.entry_id,
-                                                             change.to_stream_fields())))
+        bodies64, chains64 = _stream_events(store_a, address, "k", n64 + warm,
+                                            lambda: os.urandom(64 * 1024 - len("frame")))
         concurrency64 = min(args.concurrency, 4)
         _load(handlers["node-a"].url, bodies64[:warm], concurrency64, 60.0)
         _wait_all(clients["node-c"], [f"skylark:meta:{c}:preprocess" for c in chains64[:warm]], 60.0)

@@ -118,9 +118,8 @@ class Runner:
         self.console = console
         self.out = Path(args.out)
         self.plan = plan(args.quick)
-        chosen = {x.strip() for x in getattr(args, "policies", ",".join(POLICIES)).split(",")}
-        self.policies = [x for x in POLICIES if x in chosen]  # the floor rides with pull's cells
-        self.passes = getattr(args, "passes", None)  # run only the first passes (fewer repetitions)
+        self.policies: list[str] = args.policies  # parsed by main(); the floor rides with pull's cells
+        self.passes: int | None = args.passes  # run only the first passes (fewer repetitions)
         self.started = time.time()
         self.results: dict[str, Any] = {"timings": {}}
 
@@ -334,9 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [e for e in chosen if e not in EXPERIMENTS]
     if unknown or not chosen:
         parser.error(f"--experiments: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(EXPERIMENTS)}")
-    policies = [x.strip() for x in args.policies.split(",") if x.strip()]
-    if not policies or any(x not in POLICIES for x in policies):
+    policies = {x.strip() for x in args.policies.split(",") if x.strip()}
+    if not policies or not policies <= set(POLICIES):
         parser.error(f"--policies: choose from {', '.join(POLICIES)}")
+    args.policies = [x for x in POLICIES if x in policies]
     if args.passes is not None and args.passes < 1:
         parser.error("--passes must be 1 or more")
     if args.snapshot is not None and not 0 <= args.snapshot <= 6:
@@ -361,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(args, console)
     runner.out.mkdir(parents=True, exist_ok=True)
     runner.results["meta"] = {"started": runner.started, "quick": args.quick, "experiments": chosen,
-                              "snapshot": args.snapshot, "plan": runner.plan, "policies": runner.policies, "passes": args.passes, "argv": argv or [],
+                              "snapshot": args.snapshot, "plan": runner.plan, "policies": runner.policies,
+                              "passes": runner.passes, "argv": argv or [],
                               "machine": machine_facts()}
     load = os.getloadavg()
     runner.log(f"bench thesis{' --quick' if args.quick else ''}: {', '.join(chosen)}; load average "

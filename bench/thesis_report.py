@@ -79,22 +79,22 @@ def storage_tables(storage: Mapping[str, Any]) -> list[Table]:
     remote = [c for c in cells if c["location"] == "remote"]
     local = [c for c in cells if c["location"] == "local"]
     ratio = lambda a, b: f"{a / b:.2f}×" if a and b else "–"  # noqa: E731
+
+    def remote_table(mechanism: str, caption: str) -> Table:
+        return table(f"Storage, remote ({link}): {mechanism} write + read, ms p50",
+                     ["MB", "N", "ours", "raw", "ours/raw", "theory", "thesis"],
+                     [[f"{c['size_mb']:g}", c["n"], fmt(c[mechanism]), fmt(c[f"raw_{mechanism}"]),
+                       ratio(c[mechanism], c[f"raw_{mechanism}"]), fmt(c[f"theory_{mechanism}"]),
+                       fmt(c[f"thesis_{mechanism}"])]
+                      for c in remote],
+                     caption=caption)
+
     return [
-        table(f"Storage, remote ({link}): bundled write + read, ms p50",
-              ["MB", "N", "ours", "raw", "ours/raw", "theory", "thesis"],
-              [[f"{c['size_mb']:g}", c["n"], fmt(c["bundled"]), fmt(c["raw_bundled"]),
-                ratio(c["bundled"], c["raw_bundled"]), fmt(c["theory_bundled"]), fmt(c["thesis_bundled"])]
-               for c in remote],
-              caption="ours: StateStore.put + get_bundle (one round trip each); raw: redis-py HSET + HGETALL "
-                      "of the same bytes, same link, same run; theory: 4·latency + 2·bytes/bandwidth; "
-                      "thesis: its table (N = 1 and 5 only)"),
-        table(f"Storage, remote ({link}): single write + read, ms p50",
-              ["MB", "N", "ours", "raw", "ours/raw", "theory", "thesis"],
-              [[f"{c['size_mb']:g}", c["n"], fmt(c["single"]), fmt(c["raw_single"]),
-                ratio(c["single"], c["raw_single"]), fmt(c["theory_single"]), fmt(c["thesis_single"])]
-               for c in remote],
-              caption="ours: put_single (one round trip) + get_single (one GET per piece); raw: N×SET + N×GET "
-                      "(the thesis's single mechanism); theory: 4N·latency + 2·bytes/bandwidth"),
+        remote_table("bundled", "ours: StateStore.put + get_bundle (one round trip each); raw: redis-py HSET + "
+                                "HGETALL of the same bytes, same link, same run; theory: 4·latency + "
+                                "2·bytes/bandwidth; thesis: its table (N = 1 and 5 only)"),
+        remote_table("single", "ours: put_single (one round trip) + get_single (one GET per piece); raw: N×SET + "
+                               "N×GET (the thesis's single mechanism); theory: 4N·latency + 2·bytes/bandwidth"),
         table("Storage, local: write + read, ms p50",
               ["MB", "N", "bundled", "raw", "single", "raw", "thesis b", "thesis s"],
               [[f"{c['size_mb']:g}", c["n"], fmt(c["bundled"], 1), fmt(c["raw_bundled"], 1), fmt(c["single"], 1),
